@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// The C header in include/ is the one source of truth for the public API: the CDiffusion target
+// re-exports it to Swift, and every @_cdecl in Sources/Diffusion is checked against it.
+let package = Package(
+    name: "libdiffusion",
+    products: [
+        .library(name: "diffusion", type: .dynamic, targets: ["Diffusion"]),
+    ],
+    targets: [
+        .target(name: "CDiffusion", path: "Sources/CDiffusion"),
+        .target(
+            name: "DiffusionCore",
+            dependencies: ["CDiffusion"],
+            path: "Sources/DiffusionCore",
+            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"])],
+            linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("m")]
+        ),
+        .target(
+            name: "Diffusion",
+            dependencies: ["DiffusionCore", "CDiffusion"],
+            path: "Sources/Diffusion",
+            exclude: ["exports.map"],
+            linkerSettings: [.unsafeFlags([
+                "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/Diffusion/exports.map",
+                "-Xlinker", "-soname=libdiffusion.so.0",
+            ])]
+        ),
+        .testTarget(name: "DiffusionCoreTests", dependencies: ["DiffusionCore"], path: "Tests/DiffusionCoreTests"),
+    ],
+    swiftLanguageModes: [.v5]
+)

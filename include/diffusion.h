@@ -1,0 +1,250 @@
+/*
+ * libdiffusion — diffusion-model image generation on the CPU, embeddable.
+ *
+ * This header is the whole public contract: anything not declared here is not public.
+ *
+ * Usage (errors checked with `if (st != DIFFUSION_OK) puts(diffusion_last_error());`):
+ *
+ *     diffusion_model_params mp;
+ *     diffusion_model_params_init(&mp);
+ *     diffusion_model *model;
+ *     diffusion_status st = diffusion_model_load("models/digits", &mp, &model);
+ *
+ *     diffusion_sampler_params sp;
+ *     diffusion_sampler_params_init(&sp);
+ *     sp.scheduler = "ddim"; sp.steps = 50; sp.seed = 1; sp.batch = 4;
+ *     diffusion_sampler *s;
+ *     st = diffusion_sampler_create(model, &sp, &s);
+ *     st = diffusion_sampler_run(s, NULL, NULL);
+ *
+ *     int32_t shape[4];                        // N, C, H, W
+ *     diffusion_sampler_shape(s, shape);
+ *     size_t n = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+ *     uint8_t *pixels = malloc(n);             // N x H x W x C, interleaved
+ *     st = diffusion_sampler_get_images(s, pixels, n);
+ *
+ *     diffusion_sampler_free(s);
+ *     diffusion_model_free(model);
+ *
+ * Threads: a diffusion_model is immutable after loading and may be shared by any number of
+ * threads. A diffusion_sampler holds one generation's state; use it from one thread at a time
+ * (diffusion_sampler_cancel is the exception: any thread, any time). Many samplers may run
+ * concurrently on one model.
+ *
+ * Errors: every fallible function returns a diffusion_status. On failure,
+ * diffusion_last_error() returns a message naming the problem; it is per thread (like dlerror)
+ * and stays valid until that thread's next call into the library.
+ *
+ * Ownership: what the library allocates, the library frees. Every *_free accepts NULL.
+ *
+ * Parameter structs start with struct_size and are filled with defaults by their *_init
+ * function; fields are only ever appended, so a program built against an older header keeps
+ * working.
+ */
+#ifndef DIFFUSION_H
+#define DIFFUSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DIFFUSION_VERSION_MAJOR 0
+#define DIFFUSION_VERSION_MINOR 1
+#define DIFFUSION_VERSION_PATCH 0
+
+/* Result codes. Append-only: new codes are added last, none is ever removed or renumbered. */
+typedef enum diffusion_status {
+    DIFFUSION_OK = 0,
+    /* A NULL pointer, a value out of range, a buffer of the wrong size. */
+    DIFFUSION_ERROR_INVALID_ARGUMENT = 1,
+    /* A file or folder could not be opened, read or mapped. */
+    DIFFUSION_ERROR_IO = 2,
+    /* A file is malformed: bad safetensors header, invalid JSON or UTF-8, bad offsets. */
+    DIFFUSION_ERROR_INVALID_FILE = 3,
+    /* A well-formed config asks for something this version cannot run (the message names the
+       key and value). */
+    DIFFUSION_ERROR_UNSUPPORTED = 4,
+    /* The weights do not fit the config: a tensor is missing or has the wrong shape. */
+    DIFFUSION_ERROR_MODEL_MISMATCH = 5,
+    /* A run or step was cancelled by diffusion_sampler_cancel or by the progress callback. */
+    DIFFUSION_ERROR_CANCELLED = 6,
+    /* Guidance was asked of a model that has no unconditional input. */
+    DIFFUSION_ERROR_NO_UNCONDITIONAL = 7,
+    /* Memory could not be allocated. */
+    DIFFUSION_ERROR_OUT_OF_MEMORY = 8,
+    /* The call does not fit the object's state (e.g. a step after the last one). */
+    DIFFUSION_ERROR_INVALID_STATE = 9,
+    /* A bug in the library; please report it with the message. */
+    DIFFUSION_ERROR_INTERNAL = 10,
+} diffusion_status;
+
+typedef struct diffusion_model diffusion_model;
+typedef struct diffusion_sampler diffusion_sampler;
+
+/* ---- Version and errors ------------------------------------------------------------------ */
+
+/* MAJOR * 10000 + MINOR * 100 + PATCH of the library actually loaded. */
+uint32_t diffusion_version_number(void);
+/* "MAJOR.MINOR.PATCH", static storage. */
+const char *diffusion_version_string(void);
+/* A static name for a status ("DIFFUSION_ERROR_IO"); "unknown status" for other values. */
+const char *diffusion_status_string(diffusion_status status);
+/* The message of the calling thread's last failed call, or "" if there is none. Valid until
+   the thread's next call into the library. Never NULL. */
+const char *diffusion_last_error(void);
+
+/* ---- Models ------------------------------------------------------------------------------ */
+
+typedef struct diffusion_model_params {
+    uint32_t struct_size;
+    /* Threads used by this model's network evaluations; 0 (default) = number of CPU cores. */
+    int32_t n_threads;
+} diffusion_model_params;
+
+/* Fills *params with defaults. NULL is ignored. */
+void diffusion_model_params_init(diffusion_model_params *params);
+
+/* Loads a model from a local folder in the diffusers layout, either
+ *   - a model folder: config.json + diffusion_pytorch_model.safetensors
+ *     (+ optional scheduler_config.json), or
+ *   - a pipeline folder: model_index.json with unet/ (as above) and optional scheduler/
+ *     (scheduler_config.json).
+ * Weights may be stored as F32, F16 or BF16. Every byte is validated before use.
+ * params may be NULL (defaults). On success *out_model owns the model; free it with
+ * diffusion_model_free. On failure *out_model is set to NULL. */
+diffusion_status diffusion_model_load(const char *path, const diffusion_model_params *params,
+                                      diffusion_model **out_model);
+
+/* Frees a model. NULL is a no-op. All samplers made from it must be freed first. */
+void diffusion_model_free(diffusion_model *model);
+
+typedef struct diffusion_model_info {
+    uint32_t struct_size;       /* set by the caller to sizeof(diffusion_model_info) */
+    int32_t in_channels;        /* channels of x_t */
+    int32_t out_channels;       /* channels the network predicts */
+    int32_t sample_size;        /* default height and width */
+    int32_t num_class_embeds;   /* 0 = not class-conditional */
+} diffusion_model_info;
+
+/* Fills *info (whose struct_size the caller has set) with the model's shape. */
+diffusion_status diffusion_model_get_info(const diffusion_model *model, diffusion_model_info *info);
+
+/* The model's configuration as the library understood it: a JSON object
+ * {"unet": {...every UNet2DModel key, defaults filled in...}, "scheduler": {...}}.
+ * *out_json is owned by the model and valid until diffusion_model_free. */
+diffusion_status diffusion_model_config_json(const diffusion_model *model, const char **out_json);
+
+/* One network evaluation on caller buffers.
+ *   x:            float32 [batch, in_channels, height, width], NCHW contiguous
+ *   timesteps:    batch float values
+ *   class_labels: batch labels in [0, num_class_embeds), or NULL for a model without classes
+ *   out:          float32 [batch, out_channels, height, width]; out_count is its element count
+ * Thread-safe: many threads may call it on one model at once. */
+diffusion_status diffusion_model_predict(const diffusion_model *model, const float *x,
+                                         int32_t batch, int32_t height, int32_t width,
+                                         const float *timesteps, const int32_t *class_labels,
+                                         float *out, size_t out_count);
+
+/* ---- Samplers ---------------------------------------------------------------------------- */
+
+typedef struct diffusion_sampler_params {
+    uint32_t struct_size;
+    /* "ddpm" or "ddim". NULL (default) = the model's scheduler_config.json _class_name,
+       or "ddpm" if it has none. */
+    const char *scheduler;
+    /* Number of inference steps; 0 (default) = the diffusers pipeline default
+       (ddpm: num_train_timesteps, ddim: 50). */
+    int32_t steps;
+    /* Seed of the sampler's random generator. The default generator reproduces
+       torch.randn(..., generator=torch.Generator().manual_seed(seed)) on CPU, and noise is
+       drawn in the order of diffusers' pipelines, so a seed gives diffusers' images. */
+    uint64_t seed;
+    /* Images generated together (default 1). */
+    int32_t batch;
+    /* Image size; 0 (default) = the model's sample_size. */
+    int32_t height;
+    int32_t width;
+    /* DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise). Ignored by ddpm. */
+    float eta;
+    /* Optional JSON object of scheduler settings with diffusers' keys (e.g.
+       {"timestep_spacing": "trailing", "clip_sample": false}), applied over the model's
+       scheduler_config.json. A key absent from both takes the diffusers class's default.
+       NULL (default) = none. Copied; need not outlive the call. */
+    const char *scheduler_config_json;
+} diffusion_sampler_params;
+
+/* Fills *params with defaults. NULL is ignored. */
+void diffusion_sampler_params_init(diffusion_sampler_params *params);
+
+/* Creates a sampler and draws its start noise x_T. params may be NULL (defaults). The model
+ * must outlive the sampler. On failure *out_sampler is set to NULL. */
+diffusion_status diffusion_sampler_create(const diffusion_model *model,
+                                          const diffusion_sampler_params *params,
+                                          diffusion_sampler **out_sampler);
+
+/* Frees a sampler. NULL is a no-op. */
+void diffusion_sampler_free(diffusion_sampler *sampler);
+
+/* Classifier-free guidance: eps = eps_uncond + scale * (eps_cond - eps_uncond); 1 (the default)
+ * means no guidance. A scale other than 1 on a model without an unconditional input returns
+ * DIFFUSION_ERROR_NO_UNCONDITIONAL. */
+diffusion_status diffusion_sampler_set_guidance_scale(diffusion_sampler *sampler, float scale);
+
+/* Class labels for a class-conditional model: count == 1 gives every image of the batch the
+ * same label, count == batch gives one each. Labels must be in [0, num_class_embeds).
+ * The default label is 0. */
+diffusion_status diffusion_sampler_set_class_label(diffusion_sampler *sampler,
+                                                   const int32_t *labels, int32_t count);
+
+/* The sampler's shape: shape[0..3] = batch, channels, height, width. */
+diffusion_status diffusion_sampler_shape(const diffusion_sampler *sampler, int32_t shape[4]);
+
+/* The timesteps the sampler visits, in order. Writes min(capacity, total) values to out (out may
+ * be NULL when capacity is 0) and the total to *count. */
+diffusion_status diffusion_sampler_timesteps(const diffusion_sampler *sampler, float *out,
+                                             size_t capacity, size_t *count);
+
+/* Copies the current sample x_t (float32 NCHW) out of / into the sampler. count must be
+ * batch * channels * height * width. set_latents replaces x_t before the next step; it does not
+ * rewind the schedule. */
+diffusion_status diffusion_sampler_get_latents(const diffusion_sampler *sampler, float *out,
+                                               size_t count);
+diffusion_status diffusion_sampler_set_latents(diffusion_sampler *sampler, const float *latents,
+                                               size_t count);
+
+/* Runs one step (one network evaluation, or two inputs batched for guidance). *remaining, if not
+ * NULL, receives the number of steps left after this one. A step when none is left returns
+ * DIFFUSION_ERROR_INVALID_STATE. A pending cancel is consumed and returns
+ * DIFFUSION_ERROR_CANCELLED without stepping. */
+diffusion_status diffusion_sampler_step(diffusion_sampler *sampler, int32_t *remaining);
+
+/* Called after each step of diffusion_sampler_run: step is 1-based, timestep the one just
+ * done. Return false to cancel the run. */
+typedef bool (*diffusion_progress_fn)(int32_t step, int32_t total_steps, float timestep,
+                                      void *user_data);
+
+/* Runs the remaining steps. progress may be NULL. If the callback returns false or
+ * diffusion_sampler_cancel is called, returns DIFFUSION_ERROR_CANCELLED after the current step;
+ * the sampler keeps the last x_t and can continue with step or run. */
+diffusion_status diffusion_sampler_run(diffusion_sampler *sampler, diffusion_progress_fn progress,
+                                       void *user_data);
+
+/* Asks a running diffusion_sampler_run (or the next step/run) to stop. Any thread may call it.
+ * NULL is a no-op. */
+void diffusion_sampler_cancel(diffusion_sampler *sampler);
+
+/* The current sample as 8-bit pixels: batch x height x width x channels, interleaved, each
+ * value round(clamp(x / 2 + 0.5, 0, 1) * 255) as diffusers' pipelines do. size must be
+ * batch * height * width * channels. */
+diffusion_status diffusion_sampler_get_images(const diffusion_sampler *sampler, uint8_t *out,
+                                              size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DIFFUSION_H */

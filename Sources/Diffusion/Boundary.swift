@@ -1,0 +1,85 @@
+import CDiffusion
+#if canImport(Glibc)
+import Glibc
+#endif
+import DiffusionCore
+import Synchronization
+
+// The C boundary's plumbing: status conversion, error capture, handle registry.
+
+extension diffusion_status {
+    init(_ code: DiffusionError.Code) { self.init(rawValue: UInt32(code.rawValue)) }
+}
+
+/// Runs `body`, turning a thrown error into a status and the thread's last-error message.
+func boundary(_ body: () throws -> Void) -> diffusion_status {
+    do {
+        try body()
+        return DIFFUSION_OK
+    } catch let e as DiffusionError {
+        cdiffusion_set_last_error(e.message)
+        return diffusion_status(e.code)
+    } catch {
+        cdiffusion_set_last_error("internal error: \(error)")
+        return DIFFUSION_ERROR_INTERNAL
+    }
+}
+
+func invalid(_ message: String) -> DiffusionError { DiffusionError(.invalidArgument, message) }
+
+/// Live handles, so a NULL, foreign, freed or wrong-kind pointer is an error, not a crash.
+final class HandleRegistry: Sendable {
+    static let shared = HandleRegistry()
+    private let live = Mutex<[UnsafeMutableRawPointer: ObjectIdentifier]>([:])
+
+    func register<T: AnyObject>(_ object: T) -> OpaquePointer {
+        let raw = Unmanaged.passRetained(object).toOpaque()
+        live.withLock { $0[raw] = ObjectIdentifier(T.self) }
+        return OpaquePointer(raw)
+    }
+
+    func lookup<T: AnyObject>(_ handle: OpaquePointer?, as _: T.Type, _ what: String) throws -> T {
+        guard let handle else { throw invalid("\(what) is NULL") }
+        let raw = UnsafeMutableRawPointer(handle)
+        guard live.withLock({ $0[raw] }) == ObjectIdentifier(T.self) else {
+            throw invalid("\(what) is not a live \(what) handle (freed already, or not one)")
+        }
+        return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
+    }
+
+    /// Removes and releases a handle; false if it was not live.
+    func release<T: AnyObject>(_ handle: OpaquePointer?, as _: T.Type) -> Bool {
+        guard let handle else { return false }
+        let raw = UnsafeMutableRawPointer(handle)
+        let found = live.withLock { map -> Bool in
+            guard map[raw] == ObjectIdentifier(T.self) else { return false }
+            map[raw] = nil
+            return true
+        }
+        if found { Unmanaged<T>.fromOpaque(raw).release() }
+        return found
+    }
+}
+
+/// A loaded model behind a diffusion_model handle.
+final class ModelHandle {
+    let model: DiffusionModel
+    let configJSON: UnsafeMutablePointer<CChar>
+    init(_ model: DiffusionModel) {
+        self.model = model
+        configJSON = strdup(model.configJSON)
+    }
+    deinit { free(configJSON) }
+}
+
+/// A sampler behind a diffusion_sampler handle.
+final class SamplerHandle {
+    let sampler: Sampler
+    init(_ sampler: Sampler) { self.sampler = sampler }
+}
+
+/// Copies a C string, refusing invalid UTF-8.
+func string(_ p: UnsafePointer<CChar>, _ what: String) throws -> String {
+    guard let s = String(validatingCString: p) else { throw invalid("\(what) is not valid UTF-8") }
+    return s
+}

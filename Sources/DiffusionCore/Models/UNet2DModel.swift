@@ -1,0 +1,202 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// diffusers `UNet2DModel` (positional time embedding; Down/AttnDown, Up/AttnUp, UNetMidBlock2D).
+public final class UNet2DModel {
+    public let config: UNet2DConfig
+
+    private struct Level {
+        var resnets: [ResnetBlock2D] = []
+        var attentions: [SpatialSelfAttention] = []
+        var resample: Conv2d? = nil   // Downsample2D or Upsample2D conv
+    }
+
+    private let convIn: Conv2d
+    private let timeLinear1: Linear, timeLinear2: Linear
+    private let classTable: FloatBuffer?          // nn.Embedding(num_class_embeds, time_embed_dim)
+    private let classLinear1: Linear?, classLinear2: Linear?  // class_embed_type "timestep"
+    private let down: [Level]
+    private let mid: (ResnetBlock2D, SpatialSelfAttention?, ResnetBlock2D)?
+    private let up: [Level]
+    private let normOut: GroupNorm
+    private let convOut: Conv2d
+
+    public init(config: UNet2DConfig, weights file: SafeTensorsFile) throws {
+        _ = blasSingleThreaded
+        self.config = config
+        let w = WeightLoader(file: file)
+        let ch = config.blockOutChannels
+        let groups = config.normNumGroups ?? min(ch[0] / 4, 32)
+        let eps = config.normEps
+        let temb = config.timeEmbedDim
+        let scaleShift = config.resnetTimeScaleShift == "scale_shift"
+
+        convIn = try w.conv3x3("conv_in", cin: config.inChannels, cout: ch[0])
+        timeLinear1 = try w.linear("time_embedding.linear_1", inFeatures: ch[0], outFeatures: temb)
+        timeLinear2 = try w.linear("time_embedding.linear_2", inFeatures: temb, outFeatures: temb)
+        if config.classEmbedType == "timestep" {
+            classTable = nil
+            classLinear1 = try w.linear("class_embedding.linear_1", inFeatures: ch[0], outFeatures: temb)
+            classLinear2 = try w.linear("class_embedding.linear_2", inFeatures: temb, outFeatures: temb)
+        } else {
+            classTable = try config.numClassEmbeds.map { try w.tensor("class_embedding.weight", [$0, temb]) }
+            classLinear1 = nil; classLinear2 = nil
+        }
+
+        func resnet(_ p: String, _ cin: Int, _ cout: Int, scale: Double = 1) throws -> ResnetBlock2D {
+            try ResnetBlock2D(w, p, cin: cin, cout: cout, tembDim: temb, groups: groups, eps: eps,
+                              scaleShift: scaleShift, outputScale: scale)
+        }
+        func attention(_ p: String, _ c: Int, groups g: Int?, rescale: Double = 1) throws -> SpatialSelfAttention {
+            try SpatialSelfAttention(w, p, channels: c, headDim: config.attentionHeadDim ?? c, groups: g, eps: eps,
+                                     rescale: rescale)
+        }
+
+        var downLevels: [Level] = []
+        var output = ch[0]
+        for (i, type) in config.downBlockTypes.enumerated() {
+            let input = output
+            output = ch[i]
+            var level = Level()
+            for j in 0..<config.layersPerBlock {
+                let p = "down_blocks.\(i)"
+                level.resnets.append(try resnet("\(p).resnets.\(j)", j == 0 ? input : output, output))
+                if type == "AttnDownBlock2D" {
+                    level.attentions.append(try attention("\(p).attentions.\(j)", output, groups: groups))
+                }
+            }
+            if i != ch.count - 1 {
+                let pad = config.downsamplePadding
+                // padding == 0: diffusers pads right and bottom by one before the stride-2 conv.
+                level.resample = try w.conv("down_blocks.\(i).downsamplers.0.conv", cin: output, cout: output,
+                                            kernel: 3, stride: 2,
+                                            pad: pad == 0 ? (0, 0, 1, 1) : (pad, pad, pad, pad))
+            }
+            downLevels.append(level)
+        }
+        down = downLevels
+
+        if config.midBlockType != nil {
+            let c = ch.last!
+            let scale = config.midBlockScaleFactor
+            let attnGroups = config.attnNormNumGroups ?? (scaleShift ? nil : groups)
+            mid = (try resnet("mid_block.resnets.0", c, c, scale: scale),
+                   config.addAttention ? try attention("mid_block.attentions.0", c, groups: attnGroups, rescale: scale) : nil,
+                   try resnet("mid_block.resnets.1", c, c, scale: scale))
+        } else {
+            mid = nil
+        }
+
+        var upLevels: [Level] = []
+        let reversed = Array(ch.reversed())
+        output = reversed[0]
+        for (i, type) in config.upBlockTypes.enumerated() {
+            let prevOutput = output
+            output = reversed[i]
+            let input = reversed[min(i + 1, ch.count - 1)]
+            var level = Level()
+            let layers = config.layersPerBlock + 1
+            for j in 0..<layers {
+                let p = "up_blocks.\(i)"
+                let skip = j == layers - 1 ? input : output
+                let resIn = j == 0 ? prevOutput : output
+                level.resnets.append(try resnet("\(p).resnets.\(j)", resIn + skip, output))
+                if type == "AttnUpBlock2D" {
+                    level.attentions.append(try attention("\(p).attentions.\(j)", output, groups: groups))
+                }
+            }
+            if i != ch.count - 1 {
+                level.resample = try w.conv3x3("up_blocks.\(i).upsamplers.0.conv", cin: output, cout: output)
+            }
+            upLevels.append(level)
+        }
+        up = upLevels
+
+        normOut = try w.groupNorm("conv_norm_out", groups: groups, channels: ch[0], eps: eps)
+        convOut = try w.conv3x3("conv_out", cin: ch[0], cout: config.outChannels)
+    }
+
+    /// `get_timestep_embedding`: [n, dim] sinusoids of the timesteps, in float32 like diffusers.
+    func timestepEmbedding(_ t: [Float], dim: Int) -> [Float] {
+        let half = dim / 2
+        var out = [Float](repeating: 0, count: t.count * dim)
+        let logMax = Float(-log(10000.0))
+        let denom = Float(half) - Float(config.freqShift)
+        for (i, ti) in t.enumerated() {
+            for j in 0..<half {
+                let freq = expf(logMax * Float(j) / denom)
+                let arg = ti * freq
+                let (s, c) = (sinf(arg), cosf(arg))
+                out[i * dim + j] = config.flipSinToCos ? c : s
+                out[i * dim + half + j] = config.flipSinToCos ? s : c
+            }
+        }
+        return out
+    }
+
+    /// emb = linear_2(silu(linear_1(proj(t)))) (+ class embedding); returns silu(emb) as every
+    /// resnet applies the activation before its projection.
+    private func embedding(timesteps: [Float], classLabels: [Int]?) -> [Float] {
+        let n = timesteps.count, temb = config.timeEmbedDim, c0 = config.blockOutChannels[0]
+        func mlp(_ x: [Float], _ l1: Linear, _ l2: Linear) -> [Float] {
+            var h = x.withUnsafeBufferPointer { l1($0.baseAddress!, rows: n) }
+            for j in h.indices { h[j] = siluScalar(h[j]) }
+            return h.withUnsafeBufferPointer { l2($0.baseAddress!, rows: n) }
+        }
+        var emb = mlp(timestepEmbedding(timesteps, dim: c0), timeLinear1, timeLinear2)
+        if let labels = classLabels {
+            if let table = classTable {
+                for i in 0..<n {
+                    let row = table.pointer + labels[i] * temb
+                    for j in 0..<temb { emb[i * temb + j] += row[j] }
+                }
+            } else if let l1 = classLinear1, let l2 = classLinear2 {
+                let c = mlp(timestepEmbedding(labels.map { Float($0) }, dim: c0), l1, l2)
+                for j in emb.indices { emb[j] += c[j] }
+            }
+        }
+        for j in emb.indices { emb[j] = siluScalar(emb[j]) }
+        return emb
+    }
+
+    /// One forward pass. `x` is [n, in_channels, h, w]; `classLabels` is required exactly when
+    /// the model has a class embedding (checked by the caller).
+    public func forward(_ x: Tensor, timesteps: [Float], classLabels: [Int]?, threads: Int) -> Tensor {
+        let emb = embedding(timesteps: timesteps, classLabels: classLabels)
+        var sample = x
+        if config.centerInputSample {
+            sample = Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
+            for i in 0..<x.count { sample.data[i] = 2 * x.data[i] - 1 }
+        }
+        sample = convIn(sample, threads: threads)
+        var skips = [sample]
+        for level in down {
+            for (j, r) in level.resnets.enumerated() {
+                sample = r(sample, activatedEmb: emb, threads: threads)
+                if !level.attentions.isEmpty { sample = level.attentions[j](sample, threads: threads) }
+                skips.append(sample)
+            }
+            if let conv = level.resample {
+                sample = conv(sample, threads: threads)
+                skips.append(sample)
+            }
+        }
+        if let (r0, attn, r1) = mid {
+            sample = r0(sample, activatedEmb: emb, threads: threads)
+            if let attn { sample = attn(sample, threads: threads) }
+            sample = r1(sample, activatedEmb: emb, threads: threads)
+        }
+        for level in up {
+            for (j, r) in level.resnets.enumerated() {
+                sample = r(concatChannels(sample, skips.removeLast()), activatedEmb: emb, threads: threads)
+                if !level.attentions.isEmpty { sample = level.attentions[j](sample, threads: threads) }
+            }
+            if let conv = level.resample {
+                sample = conv(upsampleNearest2x(sample), threads: threads)
+            }
+        }
+        sample = normOut(sample, silu: true, threads: threads)
+        return convOut(sample, threads: threads)
+    }
+}

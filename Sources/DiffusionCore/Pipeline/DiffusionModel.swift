@@ -1,0 +1,104 @@
+/// A loaded model: network, scheduler settings from its folder, and its thread budget.
+/// Immutable after loading, so samplers on many threads may share it.
+public final class DiffusionModel {
+    public let unet: UNet2DModel
+    /// scheduler_config.json as stored (nil if the folder has none).
+    public let schedulerJSON: JSONValue?
+    /// "ddpm" or "ddim", from scheduler_config.json's _class_name; "ddpm" if absent.
+    public let defaultScheduler: String
+    public let threads: Int
+    /// The configuration as understood: {"unet": {...}, "scheduler": {...}}.
+    public let configJSON: String
+
+    public var config: UNet2DConfig { unet.config }
+
+    static let schedulerNames = ["DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"]
+
+    /// Loads a model folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json])
+    /// or a pipeline folder (model_index.json + unet/ [+ scheduler/]).
+    public init(path: String, threads: Int) throws {
+        guard FileIO.isDirectory(path) else {
+            throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
+        }
+        var unetDir = path
+        var schedulerPath = "\(path)/scheduler_config.json"
+        if FileIO.exists("\(path)/model_index.json") {
+            let index = try FileIO.readJSON("\(path)/model_index.json")
+            guard case .object = index else { throw DiffusionError(.invalidFile, "\(path)/model_index.json is not a JSON object") }
+            unetDir = "\(path)/unet"
+            guard FileIO.isDirectory(unetDir) else {
+                throw DiffusionError(.io, "pipeline folder \(path) has no unet/ folder")
+            }
+            schedulerPath = "\(path)/scheduler/scheduler_config.json"
+        }
+        let configPath = "\(unetDir)/config.json"
+        guard FileIO.exists(configPath) else {
+            throw DiffusionError(.io, "\(unetDir) has no config.json (expected a diffusers model or pipeline folder)")
+        }
+        let config: UNet2DConfig
+        do { config = try UNet2DConfig(json: try FileIO.readJSON(configPath)) } catch let e as DiffusionError {
+            throw e.message.hasPrefix(configPath) ? e : e.context(configPath)
+        }
+        let weightsPath = "\(unetDir)/diffusion_pytorch_model.safetensors"
+        guard FileIO.exists(weightsPath) else {
+            if FileIO.exists("\(unetDir)/diffusion_pytorch_model.bin") {
+                throw DiffusionError(.unsupported, "\(unetDir) has only diffusion_pytorch_model.bin (pickle); convert it to safetensors")
+            }
+            throw DiffusionError(.io, "\(unetDir) has no diffusion_pytorch_model.safetensors")
+        }
+        let weights = try SafeTensorsFile(path: weightsPath)
+        do { unet = try UNet2DModel(config: config, weights: weights) } catch let e as DiffusionError {
+            throw e.context(weightsPath)
+        }
+
+        var scheduler = SchedulerConfig()
+        var name = "ddpm"
+        if FileIO.exists(schedulerPath) {
+            let json = try FileIO.readJSON(schedulerPath)
+            do { try scheduler.apply(json) } catch let e as DiffusionError { throw e.context(schedulerPath) }
+            if let cls = json["_class_name"]?.stringValue {
+                guard let n = DiffusionModel.schedulerNames[cls] else {
+                    throw DiffusionError(.unsupported, "\(schedulerPath): _class_name \"\(cls)\" is not supported (supported: DDPMScheduler, DDIMScheduler)")
+                }
+                name = n
+            }
+            schedulerJSON = json
+        } else {
+            schedulerJSON = nil
+        }
+        defaultScheduler = name
+        self.threads = threads > 0 ? threads : cpuCount()
+        var schedulerOut = scheduler.json.objectValue ?? []
+        schedulerOut.insert(("_class_name", .string(name == "ddim" ? "DDIMScheduler" : "DDPMScheduler")), at: 0)
+        configJSON = JSONValue.object([("unet", config.json), ("scheduler", .object(schedulerOut))]).serialized
+    }
+
+    /// Checks inputs and runs one network evaluation. x: [n, in_channels, h, w].
+    public func predict(_ x: Tensor, timesteps: [Float], classLabels: [Int]?) throws -> Tensor {
+        guard x.c == config.inChannels else {
+            throw DiffusionError(.invalidArgument, "input has \(x.c) channels, the model takes \(config.inChannels)")
+        }
+        guard x.n >= 1, timesteps.count == x.n else {
+            throw DiffusionError(.invalidArgument, "\(timesteps.count) timesteps for a batch of \(x.n)")
+        }
+        guard timesteps.allSatisfy({ $0.isFinite }) else { throw DiffusionError(.invalidArgument, "timesteps must be finite") }
+        let factor = 1 << (config.blockOutChannels.count - 1)
+        guard x.h >= 1, x.w >= 1, x.h % factor == 0, x.w % factor == 0 else {
+            throw DiffusionError(.invalidArgument, "height and width (\(x.h)x\(x.w)) must be positive multiples of \(factor) for this model")
+        }
+        if config.hasClassEmbedding {
+            guard let labels = classLabels else {
+                throw DiffusionError(.invalidArgument, "this model is class-conditional: class labels are required")
+            }
+            guard labels.count == x.n else { throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(x.n)") }
+            if let k = config.numClassEmbeds, config.classEmbedType == nil {
+                for l in labels where l < 0 || l >= k {
+                    throw DiffusionError(.invalidArgument, "class label \(l) is out of range [0, \(k))")
+                }
+            }
+        } else if classLabels != nil {
+            throw DiffusionError(.invalidArgument, "this model is not class-conditional: class labels must be NULL")
+        }
+        return unet.forward(x, timesteps: timesteps, classLabels: classLabels, threads: threads)
+    }
+}

@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// diffusers `DDPMScheduler` (Ho et al. ancestral sampling, Algorithm 2).
+public struct DDPMScheduler: Scheduler {
+    public let config: SchedulerConfig
+    public let alphasCumprod: [Float]
+    public let timesteps: [Int]
+
+    public init(config: SchedulerConfig, steps: Int) throws {
+        guard ["fixed_small", "fixed_small_log", "fixed_large"].contains(config.varianceType) else {
+            throw DiffusionError(.unsupported, "variance_type \"\(config.varianceType)\" is not supported by ddpm (supported: fixed_small, fixed_small_log, fixed_large)")
+        }
+        self.config = config
+        alphasCumprod = config.alphasCumprod()
+        timesteps = try config.timesteps(steps: steps)
+    }
+
+    /// Noise is added whenever t > 0 (diffusers checks the timestep, not the step index).
+    public func needsNoise(at index: Int) -> Bool { timesteps[index] > 0 }
+
+    public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
+                     noise: UnsafePointer<Float>?, count: Int,
+                     prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?) {
+        // 1. previous timestep and the alphas/betas at t and t-1
+        let t = timesteps[index]
+        let prevT = index + 1 < timesteps.count ? timesteps[index + 1] : -1
+        let alphaProd = alphasCumprod[t]
+        let alphaProdPrev: Float = prevT >= 0 ? alphasCumprod[prevT] : 1
+        let betaProd = 1 - alphaProd
+        let betaProdPrev = 1 - alphaProdPrev
+        let currentAlpha = alphaProd / alphaProdPrev
+        let currentBeta = 1 - currentAlpha
+        // 4. coefficients of x0 and x_t in the posterior mean μ̃_t (formula 7 of the DDPM paper)
+        let x0Coeff = (alphaProdPrev.squareRoot() * currentBeta) / betaProd
+        let sampleCoeff = currentAlpha.squareRoot() * betaProdPrev / betaProd
+        // 6. standard deviation of the added noise
+        var std: Float = 0
+        if t > 0 {
+            let variance = max((1 - alphaProdPrev) / (1 - alphaProd) * currentBeta, 1e-20)
+            switch config.varianceType {
+            case "fixed_large": std = currentBeta.squareRoot()
+            case "fixed_small_log": std = expf(0.5 * logf(variance))
+            default: std = variance.squareRoot()
+            }
+        }
+        for i in 0..<count {
+            // 2. predicted x0, 3. clipped
+            let x0 = config.clip(predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
+                                                 alphaProd: alphaProd, betaProd: betaProd).x0)
+            predOriginal?[i] = x0
+            // 5. μ̃_t, then 6. + σ_t z
+            var x = x0Coeff * x0 + sampleCoeff * sample[i]
+            if t > 0, let noise { x = x + std * noise[i] }
+            prev[i] = x
+        }
+    }
+}

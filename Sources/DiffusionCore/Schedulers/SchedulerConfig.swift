@@ -1,0 +1,149 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The settings DDPMScheduler and DDIMScheduler share, decoded from diffusers' keys. Absent keys
+/// take the diffusers class's defaults; keys belonging to other schedulers are ignored, as
+/// `from_config` does.
+public struct SchedulerConfig {
+    public enum PredictionType: String { case epsilon, sample, vPrediction = "v_prediction" }
+    public enum Spacing: String { case leading, trailing, linspace }
+
+    public var numTrainTimesteps = 1000
+    public var betaStart = 0.0001
+    public var betaEnd = 0.02
+    public var betaSchedule = "linear"
+    public var trainedBetas: [Double]? = nil
+    public var clipSample = true
+    public var clipSampleRange = 1.0
+    public var predictionType = PredictionType.epsilon
+    public var timestepSpacing = Spacing.leading
+    public var stepsOffset = 0
+    /// DDPM only.
+    public var varianceType = "fixed_small"
+    /// DDIM only.
+    public var setAlphaToOne = true
+
+    public init() {}
+
+    /// Applies the keys of `json` (a scheduler_config.json object or caller overrides) on top.
+    public mutating func apply(_ json: JSONValue) throws {
+        guard case .object = json else { throw DiffusionError(.invalidArgument, "scheduler config is not a JSON object") }
+        let r = ConfigReader(json)
+        numTrainTimesteps = try r.int("num_train_timesteps", numTrainTimesteps, min: 1)
+        guard numTrainTimesteps <= 1_000_000 else {
+            throw DiffusionError(.unsupported, "num_train_timesteps \(numTrainTimesteps) is out of range")
+        }
+        betaStart = try r.double("beta_start", betaStart)
+        betaEnd = try r.double("beta_end", betaEnd)
+        betaSchedule = try r.string("beta_schedule", betaSchedule)
+        guard ["linear", "scaled_linear", "squaredcos_cap_v2"].contains(betaSchedule) else {
+            throw r.unsupported("beta_schedule", betaSchedule)
+        }
+        if let v = json["trained_betas"] {
+            if v.isNull { trainedBetas = nil } else {
+                guard let a = v.arrayValue, let betas = Optional(a.compactMap { $0.doubleValue }), betas.count == a.count else {
+                    throw DiffusionError(.invalidFile, "trained_betas must be a list of numbers")
+                }
+                trainedBetas = betas
+            }
+        }
+        clipSample = try r.bool("clip_sample", clipSample)
+        clipSampleRange = try r.double("clip_sample_range", clipSampleRange)
+        let prediction = try r.string("prediction_type", predictionType.rawValue)
+        guard let p = PredictionType(rawValue: prediction) else { throw r.unsupported("prediction_type", prediction) }
+        predictionType = p
+        let spacing = try r.string("timestep_spacing", timestepSpacing.rawValue)
+        guard let s = Spacing(rawValue: spacing) else { throw r.unsupported("timestep_spacing", spacing) }
+        timestepSpacing = s
+        stepsOffset = try r.int("steps_offset", stepsOffset, min: 0)
+        varianceType = try r.string("variance_type", varianceType)
+        setAlphaToOne = try r.bool("set_alpha_to_one", setAlphaToOne)
+        if try r.bool("thresholding", false) { throw r.unsupported("thresholding", "true") }
+        if try r.bool("rescale_betas_zero_snr", false) { throw r.unsupported("rescale_betas_zero_snr", "true") }
+        if let b = trainedBetas, b.count != numTrainTimesteps {
+            throw DiffusionError(.invalidFile, "trained_betas has \(b.count) values but num_train_timesteps is \(numTrainTimesteps)")
+        }
+    }
+
+    /// The settings as diffusers keys (for diffusion_model_config_json).
+    public var json: JSONValue {
+        .object([
+            ("num_train_timesteps", .number(Double(numTrainTimesteps))),
+            ("beta_start", .number(betaStart)),
+            ("beta_end", .number(betaEnd)),
+            ("beta_schedule", .string(betaSchedule)),
+            ("trained_betas", trainedBetas.map { .array($0.map { .number($0) }) } ?? .null),
+            ("clip_sample", .bool(clipSample)),
+            ("clip_sample_range", .number(clipSampleRange)),
+            ("prediction_type", .string(predictionType.rawValue)),
+            ("timestep_spacing", .string(timestepSpacing.rawValue)),
+            ("steps_offset", .number(Double(stepsOffset))),
+            ("variance_type", .string(varianceType)),
+            ("set_alpha_to_one", .bool(setAlphaToOne)),
+        ])
+    }
+
+    /// alphas_cumprod in float32, computed as diffusers does (torch.linspace, cumprod).
+    public func alphasCumprod() -> [Float] {
+        let n = numTrainTimesteps
+        var betas: [Float]
+        if let trained = trainedBetas {
+            betas = trained.map { Float($0) }
+        } else {
+            switch betaSchedule {
+            case "scaled_linear":
+                betas = torchLinspace(Float(betaStart.squareRoot()), Float(betaEnd.squareRoot()), n).map { $0 * $0 }
+            case "squaredcos_cap_v2":
+                // Glide cosine schedule: betas from alpha_bar(t) = cos((t + 0.008) / 1.008 * pi / 2)^2, in double.
+                func alphaBar(_ t: Double) -> Double { let c = cos((t + 0.008) / 1.008 * Double.pi / 2); return c * c }
+                betas = (0..<n).map { i in
+                    Float(min(1 - alphaBar(Double(i + 1) / Double(n)) / alphaBar(Double(i) / Double(n)), 0.999))
+                }
+            default:
+                betas = torchLinspace(Float(betaStart), Float(betaEnd), n)
+            }
+        }
+        var out = [Float](repeating: 0, count: n)
+        var acc: Float = 1
+        for i in 0..<n {
+            acc *= 1 - betas[i]
+            out[i] = acc
+        }
+        return out
+    }
+
+    /// The inference timesteps, as set_timesteps computes them for DDPM and DDIM.
+    public func timesteps(steps: Int) throws -> [Int] {
+        let n = numTrainTimesteps
+        guard steps >= 1, steps <= n else {
+            throw DiffusionError(.invalidArgument, "steps \(steps) must be between 1 and num_train_timesteps (\(n))")
+        }
+        switch timestepSpacing {
+        case .linspace:
+            // np.linspace(0, n - 1, steps).round()[::-1]
+            return (0..<steps).reversed().map { i -> Int in
+                let v = steps == 1 ? 0.0 : Double(i) * (Double(n - 1) / Double(steps - 1))
+                return Int((i == steps - 1 && steps > 1 ? Double(n - 1) : v).rounded(.toNearestOrEven))
+            }
+        case .leading:
+            let ratio = n / steps
+            return (0..<steps).reversed().map { $0 * ratio + stepsOffset }
+        case .trailing:
+            // np.round(np.arange(n, 0, -n/steps)) - 1
+            let ratio = Double(n) / Double(steps)
+            let count = Int((Double(-n) / -ratio).rounded(.up))   // numpy's arange length
+            var out: [Int] = []
+            for k in 0..<count { out.append(Int((Double(n) - Double(k) * ratio).rounded(.toNearestOrEven)) - 1) }
+            return out
+        }
+    }
+}
+
+/// torch.linspace(start, end, steps, dtype=float32): symmetric from both ends in float32.
+func torchLinspace(_ start: Float, _ end: Float, _ steps: Int) -> [Float] {
+    if steps == 1 { return [start] }
+    let step = (end - start) / Float(steps - 1)
+    let half = steps / 2
+    return (0..<steps).map { i in i < half ? start + step * Float(i) : end - step * Float(steps - i - 1) }
+}

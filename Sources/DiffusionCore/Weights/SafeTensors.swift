@@ -1,0 +1,384 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// A validated, memory-mapped safetensors reader.
+//
+// Layout: 8 bytes little-endian u64 header length N, N bytes of UTF-8 JSON, then the data
+// section. The JSON is an object mapping tensor names to {"dtype", "shape", "data_offsets"}
+// (offsets relative to the data section) plus an optional "__metadata__" string map.
+// Every byte is treated as hostile: see DESIGN.md §5. All checks happen in `init`; after it
+// returns, every TensorInfo's byte range lies inside the mapping and matches its shape.
+
+/// The element types this library reads. Other safetensors dtypes are refused by name.
+public enum DType: String, Sendable {
+    case f32 = "F32", f16 = "F16", bf16 = "BF16"
+
+    /// Bytes per element.
+    public var byteSize: Int {
+        switch self {
+        case .f32: return 4
+        case .f16, .bf16: return 2
+        }
+    }
+
+    /// Converts `count` elements stored at `src` (any alignment, little-endian) to Float32,
+    /// exactly (f16 subnormals, infinities and NaN payloads included).
+    public func convert(_ src: UnsafeRawPointer, count: Int, to dst: UnsafeMutablePointer<Float>) {
+        switch self {
+        case .f32: UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count * 4)
+        case .f16: DType.f16ToF32(src, dst, count)
+        case .bf16: DType.bf16ToF32(src, dst, count)
+        }
+    }
+
+    /// Exact IEEE binary16 -> binary32, branch-free so the loop vectorises.
+    /// Normal and subnormal halves: put exponent+mantissa at the float's mantissa/exponent position
+    /// and scale by 2^112 (exact: a power of two, result always a normal float). Inf/NaN: force the
+    /// exponent to all ones and keep the mantissa (payload, quiet bit) shifted into place.
+    @inline(__always)
+    public static func f16ToF32(bits h: UInt16) -> Float {
+        let x = UInt32(h)
+        let sign = (x & 0x8000) << 16
+        let em = x & 0x7FFF
+        let scaled = Float(bitPattern: em << 13) * Float(bitPattern: 0x7780_0000)  // 2^112
+        let special = 0x7F80_0000 | (em & 0x03FF) << 13
+        let mag = em >= 0x7C00 ? special : scaled.bitPattern
+        return Float(bitPattern: sign | mag)
+    }
+
+    /// Exact bfloat16 -> binary32 (bfloat16 is the top half of a binary32).
+    @inline(__always)
+    public static func bf16ToF32(bits h: UInt16) -> Float {
+        Float(bitPattern: UInt32(h) << 16)
+    }
+
+    private static func f16ToF32(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
+        if Int(bitPattern: src) & 1 == 0 {
+            let s = src.assumingMemoryBound(to: UInt16.self)
+            for k in 0..<count { dst[k] = f16ToF32(bits: UInt16(littleEndian: s[k])) }
+        } else {
+            for k in 0..<count {
+                dst[k] = f16ToF32(bits: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self)))
+            }
+        }
+    }
+
+    private static func bf16ToF32(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, _ count: Int) {
+        if Int(bitPattern: src) & 1 == 0 {
+            let s = src.assumingMemoryBound(to: UInt16.self)
+            for k in 0..<count { dst[k] = bf16ToF32(bits: UInt16(littleEndian: s[k])) }
+        } else {
+            for k in 0..<count {
+                dst[k] = bf16ToF32(bits: UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self)))
+            }
+        }
+    }
+}
+
+public struct TensorInfo: Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    /// Byte range relative to the start of the data section.
+    public let byteRange: Range<Int>
+
+    /// Number of elements (the product of `shape`; 1 for a scalar).
+    public var count: Int { byteRange.count / dtype.byteSize }
+}
+
+public final class SafeTensorsFile {
+    public let path: String
+    private let tensors: [String: TensorInfo]
+    public let names: [String]
+    public let metadata: [String: String]
+
+    /// The whole mapping (nil only for a mapping we did not make, never after init).
+    private let mapBase: UnsafeMutableRawPointer
+    private let mapLength: Int
+    /// Byte offset of the data section within the file.
+    private let dataStart: Int
+
+    /// Safetensors headers larger than this are refused (the format's own reader caps at 100 MB).
+    public static let maxHeaderLength = 100_000_000
+
+    /// dtype names the safetensors format defines; these are "unsupported", anything else is
+    /// "invalid".
+    private static let knownDTypes: Set<String> = [
+        "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F64", "C64",
+        "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
+    ]
+
+    /// Opens, maps and validates `path`. Throws `.io` if it cannot be read and `.invalidFile` /
+    /// `.unsupported` (with the reason and the path) if its content is not an acceptable file.
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            let e = errno
+            throw DiffusionError(.io, "cannot open \(path): \(String(cString: strerror(e)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) != 0 {
+            let e = errno
+            throw DiffusionError(.io, "cannot stat \(path): \(String(cString: strerror(e)))")
+        }
+        if (st.st_mode & S_IFMT) != S_IFREG {
+            throw DiffusionError(.io, "\(path) is not a regular file")
+        }
+        let size = Int(st.st_size)
+        if size < 8 {
+            throw DiffusionError(.invalidFile, "\(path): file is \(size) bytes, shorter than the 8-byte safetensors header length")
+        }
+        guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
+            let e = errno
+            throw DiffusionError(.io, "cannot mmap \(path): \(String(cString: strerror(e)))")
+        }
+        // From here on the mapping must be released on failure.
+        var parsed: Parsed
+        do {
+            parsed = try SafeTensorsFile.validate(UnsafeRawPointer(map), size: size)
+        } catch let error as DiffusionError {
+            munmap(map, size)
+            throw error.context(path)
+        } catch {
+            munmap(map, size)
+            throw DiffusionError(.internal, "\(path): \(error)")
+        }
+        mapBase = map
+        mapLength = size
+        dataStart = parsed.dataStart
+        tensors = parsed.tensors
+        names = parsed.tensors.keys.sorted()
+        metadata = parsed.metadata
+    }
+
+    deinit {
+        munmap(mapBase, mapLength)
+    }
+
+    public func info(_ name: String) -> TensorInfo? { tensors[name] }
+
+    /// The raw little-endian bytes of a tensor, valid as long as this object is alive.
+    /// Not necessarily aligned to the element size.
+    public func rawBytes(_ info: TensorInfo) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: UnsafeRawPointer(mapBase) + dataStart + info.byteRange.lowerBound,
+                               count: info.byteRange.count)
+    }
+
+    /// Looks `name` up and checks its shape.
+    public func checkedInfo(_ name: String, shape: [Int]) throws -> TensorInfo {
+        guard let t = tensors[name] else {
+            throw DiffusionError(.modelMismatch, "missing tensor '\(name)' in \(path)")
+        }
+        guard t.shape == shape else {
+            throw DiffusionError(.modelMismatch, "tensor '\(name)' has shape \(t.shape), expected \(shape) in \(path)")
+        }
+        return t
+    }
+
+    /// The tensor converted to Float32 (F16/BF16 converted exactly), checking it exists and has
+    /// `shape`.
+    public func floats(_ name: String, shape: [Int]) throws -> [Float] {
+        let t = try checkedInfo(name, shape: shape)
+        let count = t.count
+        let src = rawBytes(t)
+        return [Float](unsafeUninitializedCapacity: count) { buf, initialized in
+            if count > 0 { t.dtype.convert(src.baseAddress!, count: count, to: buf.baseAddress!) }
+            initialized = count
+        }
+    }
+
+    /// Converts the tensor into `dst`, which must hold `shape`'s element count.
+    public func floats(_ name: String, shape: [Int], into dst: UnsafeMutableBufferPointer<Float>) throws {
+        let t = try checkedInfo(name, shape: shape)
+        guard dst.count == t.count else {
+            throw DiffusionError(.invalidArgument, "buffer for tensor '\(name)' holds \(dst.count) floats, needs \(t.count)")
+        }
+        if t.count > 0 { t.dtype.convert(rawBytes(t).baseAddress!, count: t.count, to: dst.baseAddress!) }
+    }
+
+    // MARK: - Validation
+
+    private struct Parsed {
+        var dataStart: Int
+        var tensors: [String: TensorInfo]
+        var metadata: [String: String]
+    }
+
+    private static func bad(_ message: String) -> DiffusionError {
+        DiffusionError(.invalidFile, message)
+    }
+
+    /// A string from the file, made safe to put in an error message: control and bidi-override
+    /// characters escaped, at most 120 characters.
+    static func show(_ s: String) -> String {
+        var out = ""
+        var n = 0
+        for u in s.unicodeScalars {
+            if n == 120 { out += "…"; break }
+            let v = u.value
+            if v < 0x20 || (0x7F..<0xA0).contains(v) || (0x2028...0x202E).contains(v) || (0x2066...0x2069).contains(v) {
+                out += "\\u{" + String(v, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+            n += 1
+        }
+        return out
+    }
+
+    private static func validate(_ base: UnsafeRawPointer, size: Int) throws -> Parsed {
+        var headerLength64: UInt64 = 0
+        for k in 0..<8 { headerLength64 |= UInt64(base.load(fromByteOffset: k, as: UInt8.self)) << (8 * UInt64(k)) }
+        if headerLength64 == 0 {
+            throw bad("header length is 0")
+        }
+        if headerLength64 > UInt64(maxHeaderLength) {
+            throw bad("header length \(headerLength64) is absurdly large (limit \(maxHeaderLength) bytes)")
+        }
+        let headerLength = Int(headerLength64)
+        if headerLength > size - 8 {
+            throw bad("header length \(headerLength) goes beyond the end of the file (\(size) bytes)")
+        }
+        let header = (base + 8).assumingMemoryBound(to: UInt8.self)
+        if let (offset, reason) = UTF8Check.firstError(header, count: headerLength) {
+            throw bad("header is not valid UTF-8: \(reason) at header byte \(offset)")
+        }
+        let json: JSONValue
+        do {
+            json = try JSONValue.parse(UnsafeRawBufferPointer(start: header, count: headerLength))
+        } catch let e as DiffusionError {
+            throw bad("header is not valid JSON: \(e.message) (offsets relative to the header start)")
+        }
+        guard case let .object(members) = json else {
+            throw bad("header is not a JSON object")
+        }
+        let dataSize = size - 8 - headerLength
+        let dataStart = 8 + headerLength
+
+        var tensors: [String: TensorInfo] = [:]
+        tensors.reserveCapacity(members.count)
+        var metadata: [String: String] = [:]
+        var seenMetadata = false
+
+        for (name, value) in members {
+            if name == "__metadata__" {
+                if seenMetadata { throw bad("duplicate '__metadata__' entry") }
+                seenMetadata = true
+                guard case let .object(pairs) = value else {
+                    throw bad("'__metadata__' is not an object")
+                }
+                for (k, v) in pairs {
+                    guard case let .string(s) = v else {
+                        throw bad("'__metadata__' value for '\(show(k))' is not a string")
+                    }
+                    if metadata[k] != nil { throw bad("duplicate key '\(show(k))' in '__metadata__'") }
+                    metadata[k] = s
+                }
+                continue
+            }
+            if tensors[name] != nil { throw bad("duplicate tensor name '\(show(name))'") }
+            tensors[name] = try parseEntry(name, value)
+        }
+
+        // Offsets: contiguous from 0, no holes, no overlaps, covering the data section exactly.
+        let sorted = tensors.values.sorted {
+            ($0.byteRange.lowerBound, $0.byteRange.upperBound, $0.name) < ($1.byteRange.lowerBound, $1.byteRange.upperBound, $1.name)
+        }
+        var expected = 0
+        for t in sorted {
+            let r = t.byteRange
+            if r.lowerBound < expected {
+                throw bad("tensor '\(show(t.name))' data_offsets [\(r.lowerBound), \(r.upperBound)] overlap the previous tensor (which ends at \(expected))")
+            }
+            if r.lowerBound > expected {
+                throw bad("hole in the data section: bytes \(expected)..<\(r.lowerBound) before tensor '\(show(t.name))' belong to no tensor")
+            }
+            expected = r.upperBound
+        }
+        if expected != dataSize {
+            if expected > dataSize {
+                throw bad("tensor data ends at byte \(expected) of the data section, beyond its size \(dataSize) (file truncated?)")
+            }
+            throw bad("tensor data ends at byte \(expected) of the data section but the data section has \(dataSize) bytes (trailing bytes)")
+        }
+        return Parsed(dataStart: dataStart, tensors: tensors, metadata: metadata)
+    }
+
+    /// A JSON number that is a non-negative integer small enough to be exact, or nil.
+    private static func nonNegativeInteger(_ v: JSONValue) -> Int? {
+        guard case let .number(d) = v, d >= 0, d < 9_007_199_254_740_992, d.rounded(.towardZero) == d else { return nil }
+        return Int(d)
+    }
+
+    private static func parseEntry(_ name: String, _ value: JSONValue) throws -> TensorInfo {
+        guard case let .object(fields) = value else {
+            throw bad("entry for tensor '\(show(name))' is not an object")
+        }
+        var dtypeValue: JSONValue?, shapeValue: JSONValue?, offsetsValue: JSONValue?
+        for (k, v) in fields {
+            switch k {
+            case "dtype":
+                if dtypeValue != nil { throw bad("duplicate key 'dtype' in entry for tensor '\(show(name))'") }
+                dtypeValue = v
+            case "shape":
+                if shapeValue != nil { throw bad("duplicate key 'shape' in entry for tensor '\(show(name))'") }
+                shapeValue = v
+            case "data_offsets":
+                if offsetsValue != nil { throw bad("duplicate key 'data_offsets' in entry for tensor '\(show(name))'") }
+                offsetsValue = v
+            default:
+                throw bad("unexpected key '\(show(k))' in entry for tensor '\(show(name))'")
+            }
+        }
+        guard let dtypeValue else { throw bad("entry for tensor '\(show(name))' is missing 'dtype'") }
+        guard let shapeValue else { throw bad("entry for tensor '\(show(name))' is missing 'shape'") }
+        guard let offsetsValue else { throw bad("entry for tensor '\(show(name))' is missing 'data_offsets'") }
+
+        guard case let .string(dtypeName) = dtypeValue else {
+            throw bad("'dtype' of tensor '\(show(name))' is not a string")
+        }
+        guard let dtype = DType(rawValue: dtypeName) else {
+            let code: DiffusionError.Code = knownDTypes.contains(dtypeName) ? .unsupported : .invalidFile
+            throw DiffusionError(code, "unsupported dtype '\(show(dtypeName))' for tensor '\(show(name))'")
+        }
+
+        guard case let .array(dims) = shapeValue else {
+            throw bad("'shape' of tensor '\(show(name))' is not an array")
+        }
+        var shape: [Int] = []
+        shape.reserveCapacity(dims.count)
+        var elements = 1
+        var overflow = false
+        for d in dims {
+            guard let v = nonNegativeInteger(d) else {
+                throw bad("'shape' of tensor '\(show(name))' has entry \(show(d.serialized)), not a non-negative integer below 2^53")
+            }
+            shape.append(v)
+            let (m, o) = elements.multipliedReportingOverflow(by: v)
+            elements = m
+            overflow = overflow || o
+        }
+        // Refused even when a later dimension is 0: such a shape is absurd either way.
+        let (bytes, o2) = elements.multipliedReportingOverflow(by: dtype.byteSize)
+        if overflow || o2 {
+            throw bad("shape \(shape) of tensor '\(show(name))' has a byte size that overflows 64 bits")
+        }
+
+        guard case let .array(offs) = offsetsValue, offs.count == 2,
+              let begin = nonNegativeInteger(offs[0]), let end = nonNegativeInteger(offs[1]) else {
+            throw bad("'data_offsets' of tensor '\(show(name))' is not two non-negative integers below 2^53")
+        }
+        guard begin <= end else {
+            throw bad("'data_offsets' of tensor '\(show(name))' begin \(begin) > end \(end)")
+        }
+        guard end - begin == bytes else {
+            throw bad("tensor '\(show(name))' with dtype \(dtype.rawValue) and shape \(shape) needs \(bytes) bytes but data_offsets [\(begin), \(end)] span \(end - begin)")
+        }
+        return TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end)
+    }
+}

@@ -14,7 +14,6 @@ let package = Package(
             name: "DiffusionCore",
             dependencies: ["CDiffusion"],
             path: "Sources/DiffusionCore",
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"])],
             linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("m")]
         ),
         .target(

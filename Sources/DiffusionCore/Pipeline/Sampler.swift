@@ -127,7 +127,7 @@ public final class Sampler {
         }
         let next = Tensor(n: batch, c: channels, h: height, w: width)
         scheduler.step(index: stepIndex, modelOutput: output.data, sample: latents.data,
-                       noise: noise.map { UnsafePointer($0.data) }, count: latents.count,
+                       noise: noise.map { UnsafePointer($0.data) }, count: latents.count, batch: batch,
                        prev: next.data, predOriginal: nil)
         latents = next
         stepIndex += 1

@@ -20,7 +20,7 @@ public struct DDIMScheduler: Scheduler {
     public func needsNoise(at index: Int) -> Bool { eta > 0 }
 
     public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
-                     noise: UnsafePointer<Float>?, count: Int,
+                     noise: UnsafePointer<Float>?, count: Int, batch: Int,
                      prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?) {
         // 1. previous step value: t - num_train_timesteps // num_inference_steps, whatever the spacing
         let t = timesteps[index]
@@ -30,19 +30,23 @@ public struct DDIMScheduler: Scheduler {
         let alphaProdPrev = prevT >= 0 ? alphasCumprod[prevT] : finalAlphaCumprod
         let betaProd = 1 - alphaProd
         let betaProdPrev = 1 - alphaProdPrev
+        // 3. predicted x0, 4. clipped or thresholded (eps stays the model's)
+        let x0 = predOriginal ?? prev
+        for i in 0..<count {
+            x0[i] = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
+                                    alphaProd: alphaProd, betaProd: betaProd).x0
+        }
+        config.limitPredictedOriginal(x0, count: count, batch: batch)
         // 5. σ_t(η) = η sqrt((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_{t-1})
         let variance = (betaProdPrev / betaProd) * (1 - alphaProd / alphaProdPrev)
         let std = eta * variance.squareRoot()
         let directionCoeff = (1 - alphaProdPrev - std * std).squareRoot()
         let x0Coeff = alphaProdPrev.squareRoot()
         for i in 0..<count {
-            // 3. predicted x0 and eps, 4. clip x0 (eps stays the model's)
-            let p = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
-                                    alphaProd: alphaProd, betaProd: betaProd)
-            let x0 = config.clip(p.x0)
-            predOriginal?[i] = x0
+            let eps = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
+                                      alphaProd: alphaProd, betaProd: betaProd).eps
             // 6. direction pointing to x_t, 7. x_{t-1} without noise, then + σ_t z
-            var x = x0Coeff * x0 + directionCoeff * p.eps
+            var x = x0Coeff * x0[i] + directionCoeff * eps
             if eta > 0, let noise { x = x + std * noise[i] }
             prev[i] = x
         }

@@ -21,7 +21,7 @@ public struct DDPMScheduler: Scheduler {
     public func needsNoise(at index: Int) -> Bool { timesteps[index] > 0 }
 
     public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
-                     noise: UnsafePointer<Float>?, count: Int,
+                     noise: UnsafePointer<Float>?, count: Int, batch: Int,
                      prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?) {
         // 1. previous timestep and the alphas/betas at t and t-1
         let t = timesteps[index]
@@ -32,6 +32,13 @@ public struct DDPMScheduler: Scheduler {
         let betaProdPrev = 1 - alphaProdPrev
         let currentAlpha = alphaProd / alphaProdPrev
         let currentBeta = 1 - currentAlpha
+        // 2. predicted x0, 3. clipped or thresholded
+        let x0 = predOriginal ?? prev
+        for i in 0..<count {
+            x0[i] = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
+                                    alphaProd: alphaProd, betaProd: betaProd).x0
+        }
+        config.limitPredictedOriginal(x0, count: count, batch: batch)
         // 4. coefficients of x0 and x_t in the posterior mean μ̃_t (formula 7 of the DDPM paper)
         let x0Coeff = (alphaProdPrev.squareRoot() * currentBeta) / betaProd
         let sampleCoeff = currentAlpha.squareRoot() * betaProdPrev / betaProd
@@ -46,12 +53,8 @@ public struct DDPMScheduler: Scheduler {
             }
         }
         for i in 0..<count {
-            // 2. predicted x0, 3. clipped
-            let x0 = config.clip(predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
-                                                 alphaProd: alphaProd, betaProd: betaProd).x0)
-            predOriginal?[i] = x0
             // 5. μ̃_t, then 6. + σ_t z
-            var x = x0Coeff * x0 + sampleCoeff * sample[i]
+            var x = x0Coeff * x0[i] + sampleCoeff * sample[i]
             if t > 0, let noise { x = x + std * noise[i] }
             prev[i] = x
         }

@@ -6,8 +6,9 @@ public protocol Scheduler {
     /// Whether step `index` adds variance noise of the sample's shape.
     func needsNoise(at index: Int) -> Bool
     /// prev[i] = x_{t-1} from the model output at step `index`; predOriginal (if given) receives x_0.
+    /// `count` elements form `batch` equal samples (thresholding works per sample).
     func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
-              noise: UnsafePointer<Float>?, count: Int,
+              noise: UnsafePointer<Float>?, count: Int, batch: Int,
               prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?)
 }
 
@@ -28,10 +29,28 @@ func predictOriginal(_ type: SchedulerConfig.PredictionType, modelOutput m: Floa
 }
 
 extension SchedulerConfig {
-    @inline(__always)
-    func clip(_ x0: Float) -> Float {
-        guard clipSample else { return x0 }
-        let r = Float(clipSampleRange)
-        return min(max(x0, -r), r)
+    /// Clips or dynamically thresholds predicted x0 in place (thresholding wins, as in diffusers).
+    func limitPredictedOriginal(_ x0: UnsafeMutablePointer<Float>, count: Int, batch: Int) {
+        if thresholding {
+            let per = count / batch
+            var sorted = [Float](repeating: 0, count: per)
+            for b in 0..<batch {
+                let x = x0 + b * per
+                for i in 0..<per { sorted[i] = abs(x[i]) }
+                sorted.sort()
+                // s = quantile(|x0|, ratio) with linear interpolation in float32 (torch.quantile),
+                // clamped to [1, sample_max_value]; then x0 = clamp(x0, -s, s) / s
+                let rank = Float(dynamicThresholdingRatio) * Float(per - 1)
+                let below = min(Int(rank), per - 1), above = min(below + 1, per - 1)
+                let w = rank - Float(below)
+                let lo = sorted[below], hi = sorted[above]
+                let q = w < 0.5 ? lo + w * (hi - lo) : hi - (hi - lo) * (1 - w)
+                let s = min(max(q, 1), Float(sampleMaxValue))
+                for i in 0..<per { x[i] = min(max(x[i], -s), s) / s }
+            }
+        } else if clipSample {
+            let r = Float(clipSampleRange)
+            for i in 0..<count { x0[i] = min(max(x0[i], -r), r) }
+        }
     }
 }

@@ -23,6 +23,9 @@ public struct SchedulerConfig {
     public var varianceType = "fixed_small"
     /// DDIM only.
     public var setAlphaToOne = true
+    public var thresholding = false
+    public var dynamicThresholdingRatio = 0.995
+    public var sampleMaxValue = 1.0
 
     public init() {}
 
@@ -59,7 +62,12 @@ public struct SchedulerConfig {
         stepsOffset = try r.int("steps_offset", stepsOffset, min: 0)
         varianceType = try r.string("variance_type", varianceType)
         setAlphaToOne = try r.bool("set_alpha_to_one", setAlphaToOne)
-        if try r.bool("thresholding", false) { throw r.unsupported("thresholding", "true") }
+        thresholding = try r.bool("thresholding", thresholding)
+        dynamicThresholdingRatio = try r.double("dynamic_thresholding_ratio", dynamicThresholdingRatio)
+        guard dynamicThresholdingRatio >= 0, dynamicThresholdingRatio <= 1 else {
+            throw DiffusionError(.invalidFile, "dynamic_thresholding_ratio \(dynamicThresholdingRatio) must be in [0, 1]")
+        }
+        sampleMaxValue = try r.double("sample_max_value", sampleMaxValue)
         if try r.bool("rescale_betas_zero_snr", false) { throw r.unsupported("rescale_betas_zero_snr", "true") }
         if let b = trainedBetas, b.count != numTrainTimesteps {
             throw DiffusionError(.invalidFile, "trained_betas has \(b.count) values but num_train_timesteps is \(numTrainTimesteps)")
@@ -81,6 +89,9 @@ public struct SchedulerConfig {
             ("steps_offset", .number(Double(stepsOffset))),
             ("variance_type", .string(varianceType)),
             ("set_alpha_to_one", .bool(setAlphaToOne)),
+            ("thresholding", .bool(thresholding)),
+            ("dynamic_thresholding_ratio", .number(dynamicThresholdingRatio)),
+            ("sample_max_value", .number(sampleMaxValue)),
         ])
     }
 
@@ -104,11 +115,12 @@ public struct SchedulerConfig {
                 betas = torchLinspace(Float(betaStart), Float(betaEnd), n)
             }
         }
+        // torch.cumprod accumulates float32 input in double and rounds each element.
         var out = [Float](repeating: 0, count: n)
-        var acc: Float = 1
+        var acc = 1.0
         for i in 0..<n {
-            acc *= 1 - betas[i]
-            out[i] = acc
+            acc *= Double(1 - betas[i])
+            out[i] = Float(acc)
         }
         return out
     }
@@ -140,10 +152,14 @@ public struct SchedulerConfig {
     }
 }
 
-/// torch.linspace(start, end, steps, dtype=float32): symmetric from both ends in float32.
+/// torch.linspace(start, end, steps, dtype=float32): from both ends in float32, fused
+/// multiply-adds as torch's vectorised CPU kernel computes them.
 func torchLinspace(_ start: Float, _ end: Float, _ steps: Int) -> [Float] {
     if steps == 1 { return [start] }
     let step = (end - start) / Float(steps - 1)
     let half = steps / 2
-    return (0..<steps).map { i in i < half ? start + step * Float(i) : end - step * Float(steps - i - 1) }
+    return (0..<steps).map { i in
+        i < half ? start.addingProduct(step, Float(i))
+                 : end.addingProduct(-step, Float(steps - i - 1))
+    }
 }

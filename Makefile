@@ -1,0 +1,86 @@
+# libdiffusion — build, test, install, demo, bench.
+#   make demo      build and generate images from the model shipped in models/
+#   make test      build and run every test (Swift core, C API, install + pkg-config, Python)
+#   make install PREFIX=/usr/local
+#   make bench     speed vs PyTorch (creates a venv with torch/diffusers under bench/.venv)
+# For a CPU older than the build machine: make MARCH=x86-64-v2 (default: native).
+
+PREFIX      ?= /usr/local
+MARCH       ?= native
+VERSION     := 0.1.0
+SOVERSION   := 0
+PYTHON      ?= python3
+DEMO_MODEL  ?= Tests/Fixtures/unet/cifar_small
+BUILD_DIR   := .build/release
+LIB         := $(BUILD_DIR)/libdiffusion.so
+SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib \
+               -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT         := out
+
+.PHONY: all build deps test test-swift test-c test-install test-python demo install bench clean
+
+all: build
+
+# System packages: OpenBLAS (GEMM), libomp (OpenBLAS's OpenMP builds), pkg-config.
+deps:
+	@missing=""; \
+	for p in libopenblas-dev libomp-dev pkg-config; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	swift build $(SWIFT_FLAGS) --product diffusion
+	@ln -sf libdiffusion.so $(BUILD_DIR)/libdiffusion.so.$(SOVERSION)
+
+test: build test-swift test-c test-install test-python
+	@echo "all tests passed"
+
+test-swift: deps
+	swift test $(SWIFT_FLAGS)
+
+test-c: build
+	$(PYTHON) Tests/c/check_library.py $(LIB)
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(BUILD_DIR) -ldiffusion -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_api
+	$(BUILD_DIR)/test_api Tests/Fixtures
+
+# Install into a temporary prefix, then build and run the C example with pkg-config only.
+test-install: build
+	@tmp=$$(mktemp -d); \
+	$(MAKE) --no-print-directory install PREFIX=$$tmp >/dev/null && \
+	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/generate.c \
+	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lz -o $$tmp/generate && \
+	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model $(DEMO_MODEL) --steps 10 --output $$tmp/c.png && \
+	test -s $$tmp/c.png && echo "install + pkg-config + C example: ok ($$tmp)"; \
+	st=$$?; rm -rf $$tmp; exit $$st
+
+test-python: build
+	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $(PYTHON) -m pytest -q bindings/python/tests
+	@tmp=$$(mktemp -d); \
+	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $(PYTHON) examples/python/generate.py \
+	  --model $(DEMO_MODEL) --steps 10 --output $$tmp/py.png && test -s $$tmp/py.png; st=$$?; rm -rf $$tmp; exit $$st
+
+demo: build
+	@mkdir -p $(OUT)
+	cc -std=c11 -O2 -Iinclude examples/c/generate.c -L$(BUILD_DIR) -ldiffusion -lz \
+	  -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/generate
+	$(BUILD_DIR)/generate --model $(DEMO_MODEL) --count 16 --output $(OUT)/demo.png
+	@echo "demo image: $(abspath $(OUT)/demo.png)"
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(LIB) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so.$(VERSION)
+	ln -sf libdiffusion.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so.$(SOVERSION)
+	ln -sf libdiffusion.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so
+	install -m 644 include/diffusion.h $(DESTDIR)$(PREFIX)/include/diffusion.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' diffusion.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/diffusion.pc
+
+bench: build
+	bash bench/run.sh
+
+clean:
+	rm -rf .build $(OUT)

@@ -1,0 +1,53 @@
+import Foundation
+import DiffusionCore
+
+/// Reads the reference fixtures written by tools/make_fixtures.py (diffusers + PyTorch, CPU, f32).
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+    static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
+
+    static func cases(_ folder: String) -> [String] {
+        let dir = root.appendingPathComponent(folder)
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        return names.sorted()
+    }
+
+    static func json(_ relative: String) throws -> [String: Any] {
+        let data = try Data(contentsOf: root.appendingPathComponent(relative))
+        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+
+    /// A test-side safetensors reader (F32, F16 and I64 — the library itself refuses I64).
+    static func tensors(_ relative: String) throws -> [String: (shape: [Int], values: [Double])] {
+        let data = try Data(contentsOf: root.appendingPathComponent(relative))
+        let n = data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + Int(n)))) as! [String: Any]
+        let base = 8 + Int(n)
+        var out: [String: (shape: [Int], values: [Double])] = [:]
+        for (name, entry) in header where name != "__metadata__" {
+            let e = entry as! [String: Any]
+            let shape = (e["shape"] as! [NSNumber]).map { $0.intValue }
+            let offsets = (e["data_offsets"] as! [NSNumber]).map { $0.intValue }
+            let bytes = data.subdata(in: (base + offsets[0])..<(base + offsets[1]))
+            let values: [Double] = bytes.withUnsafeBytes { raw in
+                switch e["dtype"] as! String {
+                case "F32": return raw.bindMemory(to: Float.self).map { Double($0) }
+                case "I64": return raw.bindMemory(to: Int64.self).map { Double($0) }
+                case "F16": return raw.bindMemory(to: UInt16.self).map { Double(DType.f16ToF32(bits: $0)) }
+                default: fatalError("fixture dtype \(e["dtype"]!)")
+                }
+            }
+            out[name] = (shape, values)
+        }
+        return out
+    }
+
+    static func maxAbsDiff(_ a: [Float], _ b: [Double]) -> Double {
+        precondition(a.count == b.count, "size mismatch \(a.count) vs \(b.count)")
+        var m = 0.0
+        for i in a.indices { m = max(m, abs(Double(a[i]) - b[i])) }
+        return m
+    }
+}

@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+import DiffusionCore
+
+/// DDPM/DDIM step by step against diffusers' schedulers, fed the same model outputs and noise.
+@Suite struct SchedulerFixtureTests {
+    static let cases = Fixtures.cases("schedulers").filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }
+
+    @Test(arguments: cases)
+    func stepsMatchDiffusers(_ name: String) throws {
+        let meta = try Fixtures.json("schedulers/\(name).json")
+        let trace = try Fixtures.tensors("schedulers/\(name).safetensors")
+        var config = SchedulerConfig()
+        let overrides = try JSONSerialization.data(withJSONObject: meta["overrides"] as! [String: Any])
+        try config.apply(try JSONValue.parse(String(decoding: overrides, as: UTF8.self)))
+        let steps = meta["steps"] as! Int
+        let scheduler: Scheduler
+        if meta["scheduler"] as! String == "ddim" {
+            scheduler = try DDIMScheduler(config: config, steps: steps, eta: Float(meta["eta"] as? Double ?? 0))
+        } else {
+            scheduler = try DDPMScheduler(config: config, steps: steps)
+        }
+        #expect(scheduler.timesteps == (meta["timesteps"] as! [Int]))
+        let acp = try #require(trace["alphas_cumprod"]).values
+        #expect(Fixtures.maxAbsDiff(config.alphasCumprod(), acp) <= 1e-6, "\(name): alphas_cumprod")
+        let noiseUsed = meta["noise_used"] as! [Bool]
+        for i in 0..<steps {
+            let sample = try #require(trace["sample_\(i)"]).values.map { Float($0) }
+            let output = try #require(trace["model_output_\(i)"]).values.map { Float($0) }
+            let noise = try #require(trace["noise_\(i)"]).values.map { Float($0) }
+            #expect(scheduler.needsNoise(at: i) == noiseUsed[i], "\(name) step \(i): noise drawn")
+            var prev = [Float](repeating: 0, count: sample.count)
+            var x0 = prev
+            prev.withUnsafeMutableBufferPointer { p in
+                x0.withUnsafeMutableBufferPointer { x in
+                    scheduler.step(index: i, modelOutput: output, sample: sample, noise: noise,
+                                   count: sample.count, batch: 1, prev: p.baseAddress!, predOriginal: x.baseAddress!)
+                }
+            }
+            let expected = try #require(trace["prev_sample_\(i)"]).values
+            let scale = max(1, expected.map(abs).max()!)
+            #expect(Fixtures.maxAbsDiff(prev, expected) <= 1e-5 * scale, "\(name) step \(i): prev_sample")
+            let expectedX0 = try #require(trace["pred_original_sample_\(i)"]).values
+            #expect(Fixtures.maxAbsDiff(x0, expectedX0) <= 1e-5 * max(1, expectedX0.map(abs).max()!),
+                    "\(name) step \(i): pred_original_sample")
+        }
+    }
+}

@@ -13,8 +13,8 @@ PYTHON      ?= python3
 DEMO_MODEL  ?= Tests/Fixtures/unet/cifar_small
 BUILD_DIR   := .build/release
 LIB         := $(BUILD_DIR)/libdiffusion.so
-SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib \
-               -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
+CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
+SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FLAGS)
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 
@@ -40,8 +40,9 @@ build: deps
 test: build test-swift test-c test-install test-python
 	@echo "all tests passed"
 
+# The core's tests link the Swift runtime dynamically, so they build in their own folder.
 test-swift: deps
-	swift test $(SWIFT_FLAGS)
+	swift test -c release $(CPU_FLAGS) --scratch-path .build-test
 
 test-c: build
 	$(PYTHON) Tests/c/check_library.py $(LIB)

@@ -38,7 +38,7 @@ import Darwin
 ///     `theta = float(2*pi (double) * u2)`. `.scalarFloat` does the same with this
 ///     platform's libm, so it is bitwise only where the libm is the one torch used (glibc).
 ///     (ARM builds take this scalar template too, but with their own libm.)
-public struct TorchGenerator {
+public struct TorchGenerator: Sendable {
     /// Which torch `normal_fill` block transform to reproduce for fills of 16 or more.
     public enum NormalKernel: Sendable {
         /// The x86 AVX2 kernel (what torch runs on any AVX2 or AVX512 x86 CPU). Default.
@@ -115,7 +115,7 @@ public struct TorchGenerator {
 
     private mutating func uniformDouble() -> Double {
         // uniform_real<double>: 53 low bits of random64(), times 2^-53.
-        Double(random64() & (1 << 53 - 1)) * 0x1p-53
+        Double(random64() & ((1 << 53) - 1)) * 0x1p-53
     }
 
     private mutating func nextScalarNormal() -> Double {
@@ -158,193 +158,216 @@ public struct TorchGenerator {
 
 // MARK: - mt19937 (at::mt19937_engine)
 
-struct MT19937 {
-    private static let n = 624
-    private static let m = 397
-    private static let matrixA: UInt32 = 0x9908_B0DF
-    private static let upperMask: UInt32 = 0x8000_0000
-    private static let lowerMask: UInt32 = 0x7FFF_FFFF
+extension TorchGenerator {
+    /// torch's `at::mt19937_engine`: standard MT19937 with `init_genrand` seeding.
+    struct MT19937: Sendable {
+        private static let n = 624
+        private static let m = 397
+        private static let matrixA: UInt32 = 0x9908_B0DF
+        private static let upperMask: UInt32 = 0x8000_0000
+        private static let lowerMask: UInt32 = 0x7FFF_FFFF
 
-    private var state: [UInt32]
-    /// Index of the next word to temper; `n` means the state must be regenerated first.
-    private var index: Int
+        private var state: [UInt32]
+        /// Index of the next word to temper; `n` means the state must be regenerated first.
+        private var index: Int
 
-    init(seed: UInt64) {
-        var s = [UInt32](repeating: 0, count: MT19937.n)
-        s[0] = UInt32(truncatingIfNeeded: seed)
-        for j in 1..<MT19937.n {
-            let prev = s[j - 1]
-            s[j] = 1_812_433_253 &* (prev ^ (prev >> 30)) &+ UInt32(j)
-        }
-        state = s
-        index = MT19937.n
-    }
-
-    @inline(__always)
-    private static func temper(_ v: UInt32) -> UInt32 {
-        var y = v
-        y ^= y >> 11
-        y ^= (y << 7) & 0x9D2C_5680
-        y ^= (y << 15) & 0xEFC6_0000
-        y ^= y >> 18
-        return y
-    }
-
-    private static func twist(_ s: UnsafeMutablePointer<UInt32>) {
-        @inline(__always) func mix(_ u: UInt32, _ v: UInt32) -> UInt32 {
-            let y = (u & upperMask) | (v & lowerMask)
-            return (y >> 1) ^ ((v & 1) == 0 ? 0 : matrixA)
-        }
-        for k in 0..<(n - m) { s[k] = s[k + m] ^ mix(s[k], s[k + 1]) }
-        for k in (n - m)..<(n - 1) { s[k] = s[k + m - n] ^ mix(s[k], s[k + 1]) }
-        s[n - 1] = s[m - 1] ^ mix(s[n - 1], s[0])
-    }
-
-    mutating func next() -> UInt32 {
-        if index >= MT19937.n {
-            state.withUnsafeMutableBufferPointer { MT19937.twist($0.baseAddress!) }
-            index = 0
-        }
-        let y = state[index]
-        index += 1
-        return MT19937.temper(y)
-    }
-
-    /// `count` float uniforms in [0, 1) as torch's uniform_real<float> makes them:
-    /// `(random() & 0xFFFFFF) * 2^-24`, one engine output each.
-    mutating func fillUniform24(_ out: UnsafeMutablePointer<Float>, count: Int) {
-        var idx = index
-        var written = 0
-        state.withUnsafeMutableBufferPointer { buf in
-            let s = buf.baseAddress!
-            while written < count {
-                if idx >= MT19937.n {
-                    MT19937.twist(s)
-                    idx = 0
-                }
-                let k = min(count - written, MT19937.n - idx)
-                for i in 0..<k {
-                    out[written + i] = Float(MT19937.temper(s[idx + i]) & 0xFF_FFFF) * 0x1p-24
-                }
-                idx += k
-                written += k
+        init(seed: UInt64) {
+            var s = [UInt32](repeating: 0, count: MT19937.n)
+            s[0] = UInt32(truncatingIfNeeded: seed)
+            for j in 1..<MT19937.n {
+                let prev = s[j - 1]
+                s[j] = 1_812_433_253 &* (prev ^ (prev >> 30)) &+ UInt32(j)
             }
+            state = s
+            index = MT19937.n
         }
-        index = idx
+
+        @inline(__always)
+        private static func temper(_ v: UInt32) -> UInt32 {
+            var y = v
+            y ^= y >> 11
+            y ^= (y << 7) & 0x9D2C_5680
+            y ^= (y << 15) & 0xEFC6_0000
+            y ^= y >> 18
+            return y
+        }
+
+        private static func twist(_ s: UnsafeMutablePointer<UInt32>) {
+            @inline(__always) func mix(_ u: UInt32, _ v: UInt32) -> UInt32 {
+                let y = (u & upperMask) | (v & lowerMask)
+                return (y >> 1) ^ ((v & 1) == 0 ? 0 : matrixA)
+            }
+            for k in 0..<(n - m) { s[k] = s[k + m] ^ mix(s[k], s[k + 1]) }
+            for k in (n - m)..<(n - 1) { s[k] = s[k + m - n] ^ mix(s[k], s[k + 1]) }
+            s[n - 1] = s[m - 1] ^ mix(s[n - 1], s[0])
+        }
+
+        mutating func next() -> UInt32 {
+            if index >= MT19937.n {
+                state.withUnsafeMutableBufferPointer { MT19937.twist($0.baseAddress!) }
+                index = 0
+            }
+            let y = state[index]
+            index += 1
+            return MT19937.temper(y)
+        }
+
+        /// `count` float uniforms in [0, 1) as torch's uniform_real<float> makes them:
+        /// `(random() & 0xFFFFFF) * 2^-24`, one engine output each.
+        mutating func fillUniform24(_ out: UnsafeMutablePointer<Float>, count: Int) {
+            var idx = index
+            var written = 0
+            state.withUnsafeMutableBufferPointer { buf in
+                let s = buf.baseAddress!
+                while written < count {
+                    if idx >= MT19937.n {
+                        MT19937.twist(s)
+                        idx = 0
+                    }
+                    let k = min(count - written, MT19937.n - idx)
+                    for i in 0..<k {
+                        out[written + i] = Float(MT19937.temper(s[idx + i]) & 0xFF_FFFF) * 0x1p-24
+                    }
+                    idx += k
+                    written += k
+                }
+            }
+            index = idx
+        }
     }
 }
 
 // MARK: - AVX2 kernel, one lane
 
-/// One lane of torch's AVX2 `NormalFill16<float>`: `log256_ps`, `sqrt`, `sincos256_ps`
-/// from `avx_mathfun.h`, in the operation order GCC emitted for libtorch_cpu (mul+add pairs
-/// contracted into FMAs where it contracted them). Every FMA here is a real fused op: the
-/// rounding of each step must match, not just the formula.
-enum AVX2BoxMuller {
-    // Constants as float bit patterns (the values `_PS256_CONST` rounds to).
-    static let sqrtHF = Float(bitPattern: 0x3F35_04F3)  // 0.707106781186547524
-    static let logP0 = Float(bitPattern: 0x3D90_21BB)
-    static let logP1 = Float(bitPattern: 0xBDEB_D1B8)
-    static let logP2 = Float(bitPattern: 0x3DEF_251A)
-    static let logP3 = Float(bitPattern: 0xBDFE_5D4F)
-    static let logP4 = Float(bitPattern: 0x3E11_E9BF)
-    static let logP5 = Float(bitPattern: 0xBE2A_AE50)
-    static let logP6 = Float(bitPattern: 0x3E4C_CEAC)
-    static let logP7 = Float(bitPattern: 0xBE7F_FFFC)
-    static let logP8 = Float(bitPattern: 0x3EAA_AAAA)
-    static let logQ1 = Float(bitPattern: 0xB95E_8083)  // -2.12194440e-4
-    static let logQ2 = Float(bitPattern: 0x3F31_8000)  // 0.693359375
-    static let twoPi = Float(bitPattern: 0x40C9_0FDB)  // float(2*pi)
-    static let fourOverPi = Float(bitPattern: 0x3FA2_F983)
-    static let minusDP1 = Float(bitPattern: 0xBF49_0000)  // -0.78515625
-    static let minusDP2 = Float(bitPattern: 0xB97D_A000)  // -2.4187564849853515625e-4
-    static let minusDP3 = Float(bitPattern: 0xB322_2169)  // -3.77489497744594108e-8
-    static let cosP0 = Float(bitPattern: 0x37CC_F5CE)
-    static let cosP1 = Float(bitPattern: 0xBAB6_061A)
-    static let cosP2 = Float(bitPattern: 0x3D2A_AAA5)
-    static let sinP0 = Float(bitPattern: 0xB94C_A1F9)
-    static let sinP1 = Float(bitPattern: 0x3C08_839E)
-    static let sinP2 = Float(bitPattern: 0xBE2A_AAA3)
+extension TorchGenerator {
+    /// One lane of torch's AVX2 `NormalFill16<float>`: `log256_ps`, `sqrt`, `sincos256_ps`
+    /// from `avx_mathfun.h`, in the operation order GCC emitted for libtorch_cpu (mul+add pairs
+    /// contracted into FMAs where it contracted them). Every `fma` here is a real fused op: the
+    /// rounding of each step must match, not just the formula. (Evaluating the same polynomials
+    /// without fusion differs from torch in ~1% of outputs, by up to 4.8e-7; libm float
+    /// log/sin/cos in ~17%, by up to 4.8e-7; double log/sin/cos in ~66%, by up to 1.9e-6.)
+    enum AVX2BoxMuller {
+        // Constants as float bit patterns (the values `_PS256_CONST` rounds to).
+        static let sqrtHF = Float(bitPattern: 0x3F35_04F3)  // 0.707106781186547524
+        static let logP0 = Float(bitPattern: 0x3D90_21BB)
+        static let logP1 = Float(bitPattern: 0xBDEB_D1B8)
+        static let logP2 = Float(bitPattern: 0x3DEF_251A)
+        static let logP3 = Float(bitPattern: 0xBDFE_5D4F)
+        static let logP4 = Float(bitPattern: 0x3E11_E9BF)
+        static let logP5 = Float(bitPattern: 0xBE2A_AE50)
+        static let logP6 = Float(bitPattern: 0x3E4C_CEAC)
+        static let logP7 = Float(bitPattern: 0xBE7F_FFFC)
+        static let logP8 = Float(bitPattern: 0x3EAA_AAAA)
+        static let logQ1 = Float(bitPattern: 0xB95E_8083)  // -2.12194440e-4
+        static let logQ2 = Float(bitPattern: 0x3F31_8000)  // 0.693359375
+        static let twoPi = Float(bitPattern: 0x40C9_0FDB)  // float(2*pi)
+        static let fourOverPi = Float(bitPattern: 0x3FA2_F983)
+        static let minusDP1 = Float(bitPattern: 0xBF49_0000)  // -0.78515625
+        static let minusDP2 = Float(bitPattern: 0xB97D_A000)  // -2.4187564849853515625e-4
+        static let minusDP3 = Float(bitPattern: 0xB322_2169)  // -3.77489497744594108e-8
+        static let cosP0 = Float(bitPattern: 0x37CC_F5CE)
+        static let cosP1 = Float(bitPattern: 0xBAB6_061A)
+        static let cosP2 = Float(bitPattern: 0x3D2A_AAA5)
+        static let sinP0 = Float(bitPattern: 0xB94C_A1F9)
+        static let sinP1 = Float(bitPattern: 0x3C08_839E)
+        static let sinP2 = Float(bitPattern: 0xBE2A_AAA3)
 
-    /// Fused multiply-add `a * b + c` with a single rounding.
-    @inline(__always)
-    static func fma(_ a: Float, _ b: Float, _ c: Float) -> Float {
-        c.addingProduct(a, b)
-    }
-
-    /// `log256_ps` for one lane. `v` is in [2^-24, 1] here (u1 = 1 - uniform), so the
-    /// `x <= 0` NaN mask and the denormal clamp of the original never fire.
-    @inline(__always)
-    static func log(_ v: Float) -> Float {
-        let bits = max(v, Float(bitPattern: 0x0080_0000)).bitPattern
-        var e = Float(Int32(bitPattern: bits >> 23) - 0x7F) + 1
-        var x = Float(bitPattern: (bits & ~0x7F80_0000) | 0x3F00_0000)  // mantissa in [0.5, 1)
-        let tmp: Float
-        if x < sqrtHF {
-            tmp = x
-            e = e - 1
-        } else {
-            tmp = 0
+        /// Fused multiply-add `a * b + c` with a single rounding, as `vfmadd*ps` computes it.
+        ///
+        /// `Float.addingProduct` would be exact too, but this module is not built with `-mfma`,
+        /// so it becomes a libm `fmaf` call per operation. Instead: the product of two floats is
+        /// exact in double, so `s` is the exact result rounded once, to 53 bits, and rounding it on
+        /// to float gives the correctly rounded result unless `s` sits exactly halfway between two
+        /// floats (the second rounding could then go the wrong way) or outside the normal float
+        /// range. Only those cases take the libm call: ~2.6 per million operations over 9M
+        /// samples, none of which actually rounded differently, so the fallback is insurance.
+        @inline(__always)
+        static func fma(_ a: Float, _ b: Float, _ c: Float) -> Float {
+            let s = Double(a) * Double(b) + Double(c)
+            let bits = s.bitPattern
+            if _slowPath(bits & 0x1FFF_FFFF == 0x1000_0000 || bits & 0x7FF0_0000_0000_0000 < 0x3810_0000_0000_0000) {
+                return c.addingProduct(a, b)
+            }
+            return Float(s)
         }
-        x = (x + -1) + tmp
-        let z = x * x
-        var y = fma(logP0, x, logP1)
-        y = fma(y, x, logP2)
-        y = fma(y, x, logP3)
-        y = fma(y, x, logP4)
-        y = fma(y, x, logP5)
-        y = fma(y, x, logP6)
-        y = fma(y, x, logP7)
-        y = fma(y, x, logP8)
-        y = x * y
-        y = fma(y, z, e * logQ1)
-        y = fma(-z, 0.5, y)
-        x = x + y
-        return fma(e, logQ2, x)
-    }
 
-    /// One Box-Muller pair: `(r * cos(theta), r * sin(theta))` with `u1 = 1 - oneMinusU1`.
-    @inline(__always)
-    static func pair(oneMinusU1 d: Float, u2: Float) -> (Float, Float) {
-        let radius = (log(1 - d) * -2).squareRoot()
+        /// `log256_ps` for one lane. `v` is in [2^-24, 1] here (u1 = 1 - uniform), so the
+        /// `x <= 0` NaN mask and the denormal clamp of the original never fire.
+        @inline(__always)
+        static func log(_ v: Float) -> Float {
+            let bits = max(v, Float(bitPattern: 0x0080_0000)).bitPattern
+            var e = Float(Int32(bitPattern: bits >> 23) - 0x7F) + 1
+            var x = Float(bitPattern: (bits & ~0x7F80_0000) | 0x3F00_0000)  // mantissa in [0.5, 1)
+            let tmp: Float
+            if x < sqrtHF {
+                tmp = x
+                e = e - 1
+            } else {
+                tmp = 0
+            }
+            x = (x + -1) + tmp
+            let z = x * x
+            var y = fma(logP0, x, logP1)
+            y = fma(y, x, logP2)
+            y = fma(y, x, logP3)
+            y = fma(y, x, logP4)
+            y = fma(y, x, logP5)
+            y = fma(y, x, logP6)
+            y = fma(y, x, logP7)
+            y = fma(y, x, logP8)
+            y = x * y
+            y = fma(y, z, e * logQ1)
+            y = y - z * 0.5  // fused in torch; z * 0.5 is exact, so it rounds once either way
+            x = x + y
+            return e * logQ2 + x  // fused in torch; |e| <= 126 times a 9-bit constant is exact
+        }
 
-        // sincos256_ps(theta); theta = twoPi * u2 is >= 0, so the sine's input sign is +.
-        let theta = twoPi * u2
-        let ax = Float(bitPattern: theta.bitPattern & 0x7FFF_FFFF)
-        let signIn = theta.bitPattern & 0x8000_0000
-        var j = Int32(ax * fourOverPi)  // cvttps2dq (truncation)
-        j = (j &+ 1) & ~1
-        let yj = Float(j)
-        let signSin = signIn ^ (UInt32(bitPattern: j & 4) << 29)
-        let signCos = UInt32(bitPattern: ~(j &- 2) & 4) << 29
-        let polyIsSinFirst = (j & 2) == 0
+        /// One Box-Muller pair: `(r * cos(theta), r * sin(theta))` with `u1 = 1 - oneMinusU1`.
+        @inline(__always)
+        static func pair(oneMinusU1 d: Float, u2: Float) -> (Float, Float) {
+            let radius = (log(1 - d) * -2).squareRoot()
 
-        var x = fma(yj, minusDP1, ax)
-        x = fma(minusDP2, yj, x)
-        x = fma(yj, minusDP3, x)
+            // sincos256_ps(theta); theta = twoPi * u2 is >= 0, so the sine's input sign is +.
+            let theta = twoPi * u2
+            let ax = Float(bitPattern: theta.bitPattern & 0x7FFF_FFFF)
+            let signIn = theta.bitPattern & 0x8000_0000
+            var j = Int32(ax * fourOverPi)  // cvttps2dq (truncation)
+            j = (j &+ 1) & ~1
+            let yj = Float(j)
+            let signSin = signIn ^ (UInt32(bitPattern: j & 4) << 29)
+            let signCos = UInt32(bitPattern: ~(j &- 2) & 4) << 29
+            let polyIsSinFirst = (j & 2) == 0
 
-        let z = x * x
-        let halfZ = z * 0.5
-        var yc = fma(cosP0, z, cosP1)
-        yc = fma(yc, z, cosP2)
-        yc = z * yc
-        yc = fma(z, yc, -halfZ)
-        yc = yc + 1
+            // All three are fused in torch. The first two products are exact in float (yj <= 8
+            // is a small integer; DP1 and DP2 have 8 and 12 significant bits), so a plain
+            // multiply-add rounds the same way.
+            var x = yj * minusDP1 + ax
+            x = minusDP2 * yj + x
+            x = fma(yj, minusDP3, x)
 
-        var ys = fma(sinP0, z, sinP1)
-        ys = fma(ys, z, sinP2)
-        ys = z * ys
-        ys = fma(x, ys, x)
+            let z = x * x
+            let halfZ = z * 0.5
+            var yc = fma(cosP0, z, cosP1)
+            yc = fma(yc, z, cosP2)
+            yc = z * yc
+            yc = fma(z, yc, -halfZ)
+            yc = yc + 1
 
-        // Mask selection exactly as the and/andnot/sub/add sequence does it.
-        let ysin2: Float = polyIsSinFirst ? ys : 0
-        let ysin1: Float = polyIsSinFirst ? 0 : yc
-        let sinV = ysin2 + ysin1
-        let cosV = (ys - ysin2) + (yc - ysin1)
-        let s = Float(bitPattern: sinV.bitPattern ^ signSin)
-        let c = Float(bitPattern: cosV.bitPattern ^ signCos)
+            var ys = fma(sinP0, z, sinP1)
+            ys = fma(ys, z, sinP2)
+            ys = z * ys
+            ys = fma(x, ys, x)
 
-        // _mm256_fmadd_ps(n, std = 1, mean = 0)
-        return (fma(radius * c, 1, 0), fma(radius * s, 1, 0))
+            // Mask selection exactly as the and/andnot/sub/add sequence does it.
+            let ysin2: Float = polyIsSinFirst ? ys : 0
+            let ysin1: Float = polyIsSinFirst ? 0 : yc
+            let sinV = ysin2 + ysin1
+            let cosV = (ys - ysin2) + (yc - ysin1)
+            let s = Float(bitPattern: sinV.bitPattern ^ signSin)
+            let c = Float(bitPattern: cosV.bitPattern ^ signCos)
+
+            // _mm256_fmadd_ps(n, std = 1, mean = 0) == n + 0 (which turns -0 into +0)
+            return (radius * c + 0, radius * s + 0)
+        }
     }
 }

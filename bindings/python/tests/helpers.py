@@ -1,0 +1,110 @@
+"""Test helpers: a minimal safetensors reader/writer and the fixture locations."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+           "U8": np.uint8, "BF16": np.uint16}
+
+
+def read_safetensors_raw(path):
+    """(header dict without __metadata__, data bytes) of a safetensors file."""
+    blob = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    header.pop("__metadata__", None)
+    return header, blob[8 + n :]
+
+
+def read_safetensors(path) -> dict:
+    """{name: ndarray} (little-endian; BF16 comes back as its raw uint16 bits)."""
+    header, data = read_safetensors_raw(path)
+    out = {}
+    for name, info in header.items():
+        lo, hi = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+        out[name] = np.frombuffer(data[lo:hi], dtype=dtype).reshape(info["shape"]).copy()
+    return out
+
+
+def write_safetensors_raw(path, tensors: dict) -> None:
+    """Writes {name: (dtype string, shape, raw bytes)}."""
+    header, chunks, offset = {}, [], 0
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def repo_root() -> Path | None:
+    for d in Path(__file__).resolve().parents:
+        if (d / "Tests" / "Fixtures").is_dir():
+            return d
+    return None
+
+
+def fixtures_dir() -> Path | None:
+    env = os.environ.get("DIFFUSION_FIXTURES")
+    if env:
+        return Path(env)
+    root = repo_root()
+    return root / "Tests" / "Fixtures" if root else None
+
+
+def header_path() -> Path | None:
+    root = repo_root()
+    p = root / "include" / "diffusion.h" if root else None
+    return p if p and p.is_file() else None
+
+
+def unet_cases() -> list[str]:
+    d = fixtures_dir()
+    if not d or not (d / "unet").is_dir():
+        return []
+    return sorted(p.name for p in (d / "unet").iterdir() if (p / "io.safetensors").is_file())
+
+
+def sampling_cases() -> list[str]:
+    d = fixtures_dir()
+    if not d or not (d / "sampling").is_dir():
+        return []
+    return sorted(p.name for p in (d / "sampling").iterdir() if (p / "run.json").is_file())
+
+
+def unet_dir(case: str) -> Path:
+    return fixtures_dir() / "unet" / case
+
+
+def sampling_run(case: str):
+    """(run dict, model folder, expected tensors) of a sampling fixture."""
+    d = fixtures_dir() / "sampling" / case
+    run = json.loads((d / "run.json").read_text())
+    model = (d / run["model"]).resolve()
+    return run, model, read_safetensors(d / "expected.safetensors")
+
+
+def sampler_kwargs(run: dict) -> dict:
+    """Model.sampler(...) keyword arguments for a sampling fixture's run.json."""
+    kw = dict(
+        scheduler=run["scheduler"],
+        steps=run["steps"],
+        seed=run["seed"],
+        batch=run["batch"],
+        height=run["height"],
+        width=run["width"],
+        scheduler_config=run.get("scheduler_config") or None,
+    )
+    if run.get("eta") is not None:
+        kw["eta"] = run["eta"]
+    if run.get("class_labels") is not None:
+        kw["class_label"] = run["class_labels"]
+    return kw

@@ -129,3 +129,23 @@ def test_predict_from_many_threads(plain):
         t.join()
     for r, e in zip(results, expected):
         assert np.array_equal(r, e)
+
+
+def test_pipeline_folder(tmp_path, plain_dir):
+    """A diffusers pipeline folder: model_index.json, unet/, scheduler/ (whose class picks the default)."""
+    import shutil
+
+    root = tmp_path / "pipeline"
+    shutil.copytree(plain_dir, root / "unet", ignore=shutil.ignore_patterns("io.safetensors", "case.json"))
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "timestep_spacing": "trailing"}))
+    (root / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}))
+    with diffusion.load(root) as m, diffusion.load(plain_dir) as ref:
+        assert m.config["unet"] == ref.config["unet"]
+        assert m.config["scheduler"]["timestep_spacing"] == "trailing"
+        x = np.random.default_rng(9).standard_normal((1, 3, 16, 16)).astype(np.float32)
+        assert np.array_equal(m.predict(x, 42), ref.predict(x, 42))
+        with m.sampler() as s:  # DDIM from the folder's scheduler config: 50 steps, trailing
+            assert len(s.timesteps) == 50 and s.timesteps[0] == 999

@@ -361,3 +361,32 @@ def test_keyboard_interrupt_cancels_run(plain):
         with pytest.raises(KeyboardInterrupt):
             s.run(progress)
         s.run()
+
+
+def test_images_after_run_match_the_final_sample(plain):
+    with plain.sampler(scheduler="ddim", steps=5, batch=2, seed=3) as s:
+        final = s.run().astype(np.float64)
+        ref = np.round(np.clip(final / 2 + 0.5, 0, 1) * 255).transpose(0, 2, 3, 1)
+        assert np.max(np.abs(s.images().astype(int) - ref)) <= 1
+
+
+def test_samplers_in_parallel_threads(plain):
+    """Many samplers run concurrently on one model, each giving what it gives alone."""
+    settings = [dict(scheduler="ddim", steps=6, seed=i, eta=0.5) for i in range(3)]
+    alone = []
+    for kw in settings:
+        with plain.sampler(**kw) as s:
+            alone.append(s.run())
+    together = [None] * len(settings)
+
+    def work(i):
+        with plain.sampler(**settings[i]) as s:
+            together[i] = s.run()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)

@@ -113,6 +113,9 @@ UNET_CASES = {
     ),
     "class_cond": ("plain structure, num_class_embeds 10 (class_embed_type null -> nn.Embedding added to temb); "
                    "class_labels [3, 7]", dict(num_class_embeds=10), 7, None),
+    "class_cond_null": ("plain structure, num_class_embeds 11 with label 10 the unconditional class (config.json key "
+                        "_null_class_label, libdiffusion's convention; diffusers ignores _ keys); for guidance runs",
+                        dict(num_class_embeds=11), 17, None),
     "center_input": ("plain structure, center_input_sample true (x -> 2x - 1 first)",
                      dict(center_input_sample=True), 8, None),
     "layers1": ("plain structure, layers_per_block 1 (up blocks have 2 resnets)", dict(layers_per_block=1), 9, None),
@@ -238,6 +241,10 @@ def build_unet(overrides: dict, seed: int) -> UNet2DModel:
     return model.eval()
 
 
+# libdiffusion reads the unconditional class label of a class-conditional model from config.json.
+NULL_CLASS_LABEL = {"class_cond_null": 10}
+
+
 def hw_of(config) -> tuple:
     s = config.sample_size
     return (s, s) if isinstance(s, int) else tuple(s)
@@ -259,6 +266,10 @@ def make_unet_fixtures(out: Path) -> dict:
             model = model.to(torch.float32)  # exact: the forward runs on the rounded weights in f32
         else:
             model.save_pretrained(d, safe_serialization=True)
+        if name in NULL_CLASS_LABEL:
+            config = json.loads((d / "config.json").read_text())
+            config["_null_class_label"] = NULL_CLASS_LABEL[name]
+            write_json(d / "config.json", config)
 
         g = torch.Generator().manual_seed(1000 + seed)
         h, w = hw_of(model.config)
@@ -546,6 +557,14 @@ SAMPLING_CASES = {
                             class_labels=[3, 7],
                             description="manual DDPMPipeline loop with class_labels [3, 7] passed to the unet "
                                         "(pipelines have no class input); otherwise identical to DDPMPipeline"),
+    "ddim_guidance1p5": dict(model="class_cond_null", scheduler="ddim", overrides={}, steps=10, batch=2, eta=0.0,
+                             class_labels=[3, 7], guidance_scale=1.5,
+                             description="classifier-free guidance, scale 1.5 (larger scales make this random net "
+                                         "chaotic): unet on cat([x, x]) with labels [10, 10, 3, 7] (null class "
+                                         "first), eps = eps_u + 1.5 (eps_c - eps_u); DDIM eta 0"),
+    "ddpm_guidance2": dict(model="class_cond_null", scheduler="ddpm", overrides=dict(DDPM50), steps=50, batch=1,
+                           eta=None, class_labels=[5], guidance_scale=2.0,
+                           description="classifier-free guidance, scale 2, DDPM 50 steps, label 5"),
     "ddim_nonsquare_eta0p5": dict(model="attn_one_head", scheduler="ddim", overrides={}, steps=10, batch=1, eta=0.5,
                                   description="DDIMPipeline on the non-square (H=8, W=16) attn_one_head model, eta 0.5"),
 }
@@ -557,7 +576,7 @@ def new_scheduler(kind: str, overrides: dict):
 
 
 @torch.no_grad()
-def run_loop(unet, kind, overrides, steps, seed, batch, eta, class_labels=None, perturb=None):
+def run_loop(unet, kind, overrides, steps, seed, batch, eta, class_labels=None, perturb=None, guidance_scale=None):
     """The DDPMPipeline / DDIMPipeline loop, line for line (perturb is added to the start noise after drawing)."""
     sched = new_scheduler(kind, overrides)
     if kind == "ddim":
@@ -569,7 +588,13 @@ def run_loop(unet, kind, overrides, steps, seed, batch, eta, class_labels=None, 
     image = start if perturb is None else start + perturb
     sched.set_timesteps(steps)
     for t in sched.timesteps:
-        model_output = unet(image, t, class_labels=class_labels).sample
+        if guidance_scale is None:
+            model_output = unet(image, t, class_labels=class_labels).sample
+        else:  # classifier-free guidance as one batch of two: [unconditional; conditional]
+            null = torch.full_like(class_labels, NULL_CLASS_LABEL["class_cond_null"])
+            both = unet(torch.cat([image, image]), t, class_labels=torch.cat([null, class_labels])).sample
+            eps_u, eps_c = both.chunk(2)
+            model_output = eps_u + guidance_scale * (eps_c - eps_u)
         if kind == "ddpm":
             image = sched.step(model_output, t, image, generator=generator).prev_sample
         else:
@@ -608,7 +633,7 @@ def make_sampling_fixtures(out: Path) -> dict:
         tried = []
         for seed in range(20):
             start, final, sched = run_loop(unet, c["scheduler"], c["overrides"], c["steps"], seed, c["batch"], c["eta"],
-                                           labels_t)
+                                           labels_t, guidance_scale=c.get("guidance_scale"))
             if not torch.isfinite(final).all():
                 tried.append((seed, float("inf")))
                 continue
@@ -616,7 +641,7 @@ def make_sampling_fixtures(out: Path) -> dict:
             d = torch.randn(start.shape, generator=torch.Generator().manual_seed(10_000 + seed))
             d = d / d.abs().max()
             _, final_p, _ = run_loop(unet, c["scheduler"], c["overrides"], c["steps"], seed, c["batch"], c["eta"],
-                                     labels_t, perturb=1e-6 * d)
+                                     labels_t, perturb=1e-6 * d, guidance_scale=c.get("guidance_scale"))
             sens = float((final - final_p).abs().max())
             tried.append((seed, sens))
             if sens < 1e-4 and (chosen is None or sens < chosen[-1]):
@@ -651,6 +676,7 @@ def make_sampling_fixtures(out: Path) -> dict:
             "width": w,
             "eta": c["eta"],
             "class_labels": labels,
+            "guidance_scale": c.get("guidance_scale"),
             "sensitivity": sens,
             "tolerance": max(1e-3, 10 * sens),
             "final_scale": float(final.abs().max()),

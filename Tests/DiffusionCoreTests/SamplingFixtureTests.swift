@@ -23,6 +23,7 @@ import DiffusionCore
         p.schedulerOverrides = try JSONValue.parse(String(decoding: overrides, as: UTF8.self))
         let sampler = try Sampler(model: model, params: p)
         if let labels = run["class_labels"] as? [Int] { try sampler.setClassLabels(labels) }
+        if let scale = run["guidance_scale"] as? Double { try sampler.setGuidanceScale(Float(scale)) }
 
         var latents = [Float](repeating: 0, count: sampler.count)
         latents.withUnsafeMutableBufferPointer { sampler.copyLatents(to: $0.baseAddress!) }

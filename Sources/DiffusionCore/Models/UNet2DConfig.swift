@@ -23,6 +23,10 @@ public struct UNet2DConfig {
     public var addAttention = true
     public var classEmbedType: String? = nil
     public var numClassEmbeds: Int? = nil
+    /// libdiffusion's extension key `_null_class_label`: the class label trained as "no class"
+    /// (label dropout), which makes classifier-free guidance possible. diffusers ignores keys
+    /// starting with "_".
+    public var nullClassLabel: Int? = nil
 
     public static let downTypes: Set = ["DownBlock2D", "AttnDownBlock2D"]
     public static let upTypes: Set = ["UpBlock2D", "AttnUpBlock2D"]
@@ -77,6 +81,7 @@ public struct UNet2DConfig {
         classEmbedType = try r.optionalString("class_embed_type", nil)
         if let c = classEmbedType, c != "timestep" { throw r.unsupported("class_embed_type", c) }
         numClassEmbeds = try r.optionalInt("num_class_embeds", min: 1)
+        nullClassLabel = try r.optionalInt("_null_class_label", min: 0)
         try validate()
     }
 
@@ -116,8 +121,10 @@ public struct UNet2DConfig {
         if let c = numClassEmbeds, c > 1_000_000 {
             throw DiffusionError(.unsupported, "num_class_embeds \(c) is out of range")
         }
-        if classEmbedType == "timestep", numClassEmbeds == nil {
-            // diffusers builds a timestep class embedding whether or not num_class_embeds is set.
+        if let null = nullClassLabel {
+            guard classEmbedType == nil, let k = numClassEmbeds, null < k else {
+                throw DiffusionError(.invalidFile, "_null_class_label \(null) must be a label of the class embedding (num_class_embeds is \(numClassEmbeds.map(String.init) ?? "null"))")
+            }
         }
         if !(normEps > 0 && normEps < 1) {
             throw DiffusionError(.unsupported, "norm_eps \(normEps) is out of range")
@@ -163,6 +170,7 @@ public struct UNet2DConfig {
             ("add_attention", .bool(addAttention)),
             ("class_embed_type", s(classEmbedType)),
             ("num_class_embeds", n(numClassEmbeds)),
+            ("_null_class_label", n(nullClassLabel)),
         ])
     }
 }

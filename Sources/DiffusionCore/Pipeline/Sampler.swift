@@ -75,8 +75,8 @@ public final class Sampler {
 
     public func setGuidanceScale(_ scale: Float) throws {
         guard scale.isFinite else { throw DiffusionError(.invalidArgument, "guidance scale must be finite") }
-        if scale != 1 {
-            throw DiffusionError(.noUnconditional, "guidance scale \(scale) needs a model with an unconditional input; this model has none (use 1)")
+        if scale != 1, model.config.nullClassLabel == nil {
+            throw DiffusionError(.noUnconditional, "guidance scale \(scale) needs a model with an unconditional input (a class-conditional model whose config.json names its _null_class_label); this model has none (use 1)")
         }
         guidanceScale = scale
     }
@@ -116,9 +116,7 @@ public final class Sampler {
         guard stepIndex < totalSteps else {
             throw DiffusionError(.invalidState, "all \(totalSteps) steps are done")
         }
-        let t = scheduler.timesteps[stepIndex]
-        let output = try model.predict(latents, timesteps: [Float](repeating: Float(t), count: batch),
-                                       classLabels: classLabels.isEmpty ? nil : classLabels)
+        let output = try predictNoise(timestep: Float(scheduler.timesteps[stepIndex]))
         var noise: Tensor? = nil
         if scheduler.needsNoise(at: stepIndex) {
             let z = Tensor(n: batch, c: channels, h: height, w: width)
@@ -132,6 +130,28 @@ public final class Sampler {
         latents = next
         stepIndex += 1
         return remainingSteps
+    }
+
+    /// The network's output for x_t, with classifier-free guidance when the scale is not 1:
+    /// eps = eps_uncond + scale * (eps_cond - eps_uncond), both halves evaluated as one batch.
+    private func predictNoise(timestep t: Float) throws -> Tensor {
+        let labels = classLabels.isEmpty ? nil : classLabels
+        guard guidanceScale != 1, let null = model.config.nullClassLabel else {
+            return try model.predict(latents, timesteps: [Float](repeating: t, count: batch), classLabels: labels)
+        }
+        let n = latents.count
+        let doubled = Tensor(n: 2 * batch, c: channels, h: height, w: width)
+        doubled.data.update(from: latents.data, count: n)
+        (doubled.data + n).update(from: latents.data, count: n)
+        let out = try model.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
+                                    classLabels: [Int](repeating: null, count: batch) + classLabels)
+        let guided = Tensor(n: batch, c: out.c, h: height, w: width)
+        let half = guided.count, s = guidanceScale
+        for i in 0..<half {
+            let u = out.data[i]
+            guided.data[i] = u + s * (out.data[half + i] - u)
+        }
+        return guided
     }
 
     /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels.

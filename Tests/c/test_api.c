@@ -575,6 +575,18 @@ static void test_load_errors(void) {
     free(bad);
     free(text);
 
+    /* _null_class_label must be one of the model's labels. */
+    CHECK(make_model_dir(dir, "class_cond_null", "class_cond_null"));
+    text = read_file(config, &n);
+    bad = text ? replace_first(text, "\"_null_class_label\": 10", "\"_null_class_label\": 11") : NULL;
+    CHECK(bad != NULL);
+    if (bad) {
+        CHECK(write_file(config, bad, strlen(bad)));
+        CHECK_ERROR(diffusion_model_load(dir, NULL, &m), DIFFUSION_ERROR_INVALID_FILE, "_null_class_label");
+    }
+    free(bad);
+    free(text);
+
     /* Scheduler config: an unknown scheduler class is unsupported. */
     CHECK(make_model_dir(dir, "plain", "plain"));
     snprintf(file, sizeof file, "%s/scheduler_config.json", dir);
@@ -754,6 +766,31 @@ static void test_guidance_and_labels(void) {
     free(b);
     diffusion_sampler_free(s9);
     diffusion_sampler_free(s);
+    diffusion_model_free(m);
+
+    /* A model whose config.json names a _null_class_label has an unconditional input: guidance
+       works, and changes the result (scale 1 is no guidance). */
+    m = load("class_cond_null", 1);
+    diffusion_sampler *g[3];
+    const float scales[3] = {1.0f, 3.0f, 1.0f};
+    float *out[3];
+    for (int i = 0; i < 3; i++) {
+        g[i] = sampler(m, "ddim", 3, 4, 2, NULL);
+        int32_t two = 2;
+        CHECK_OK(diffusion_sampler_set_class_label(g[i], &two, 1));
+        if (i < 2) CHECK_OK(diffusion_sampler_set_guidance_scale(g[i], scales[i]));
+        CHECK_OK(diffusion_sampler_run(g[i], NULL, NULL));
+        out[i] = latents_of(g[i]);
+    }
+    size_t gn = latent_count(g[0]);
+    CHECK(all_finite(out[1], gn));
+    CHECK(memcmp(out[0], out[2], gn * sizeof(float)) == 0);
+    CHECK(memcmp(out[0], out[1], gn * sizeof(float)) != 0);
+    CHECK_ERROR(diffusion_sampler_set_guidance_scale(g[0], INFINITY), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
+    for (int i = 0; i < 3; i++) {
+        free(out[i]);
+        diffusion_sampler_free(g[i]);
+    }
     diffusion_model_free(m);
 }
 

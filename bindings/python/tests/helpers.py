@@ -107,4 +107,6 @@ def sampler_kwargs(run: dict) -> dict:
         kw["eta"] = run["eta"]
     if run.get("class_labels") is not None:
         kw["class_label"] = run["class_labels"]
+    if run.get("guidance_scale") is not None:
+        kw["guidance_scale"] = run["guidance_scale"]
     return kw

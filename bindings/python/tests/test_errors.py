@@ -200,9 +200,13 @@ def test_bad_sampler_numbers(plain):
         plain.sampler(steps="10")
 
 
-def test_guidance_without_unconditional(plain):
+def test_guidance_without_unconditional(plain, class_model):
     with pytest.raises(diffusion.DiffusionError) as ei:
         plain.sampler(steps=2, guidance_scale=3.0)
+    _assert_error(ei, Status.ERROR_NO_UNCONDITIONAL)
+    # classes but no null class (config.json has no _null_class_label): no unconditional input either
+    with pytest.raises(diffusion.DiffusionError) as ei:
+        class_model.sampler(steps=2, guidance_scale=3.0, class_label=1)
     _assert_error(ei, Status.ERROR_NO_UNCONDITIONAL)
     with plain.sampler(steps=2, guidance_scale=1.0) as s:  # 1 = no guidance: fine
         s.run()

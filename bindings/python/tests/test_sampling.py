@@ -390,3 +390,13 @@ def test_samplers_in_parallel_threads(plain):
         t.join()
     for a, b in zip(alone, together):
         assert np.array_equal(a, b)
+
+
+def test_guidance_set_later_equals_constructor():
+    with diffusion.load(helpers.unet_dir("class_cond_null")) as m:
+        kw = dict(scheduler="ddim", steps=4, seed=2, batch=2, class_label=[3, 7])
+        with m.sampler(guidance_scale=1.5, **kw) as a, m.sampler(**kw) as b, m.sampler(**kw) as c:
+            b.set_guidance_scale(1.5)
+            ga, gb, plain_run = a.run(), b.run(), c.run()
+            assert np.array_equal(ga, gb)
+            assert not np.array_equal(ga, plain_run)

@@ -119,23 +119,28 @@ void diffusion_model_params_init(diffusion_model_params *params);
 diffusion_status diffusion_model_load(const char *path, const diffusion_model_params *params,
                                       diffusion_model **out_model);
 
-/* Frees a model. NULL is a no-op. All samplers made from it must be freed first. */
+/* Frees a model. NULL is a no-op, and so is a pointer that is not a live model (a double free
+ * is caught, unless the address has been reused by a newer model). Samplers made from the model
+ * keep it alive until they are freed too. */
 void diffusion_model_free(diffusion_model *model);
 
 typedef struct diffusion_model_info {
     uint32_t struct_size;       /* set by the caller to sizeof(diffusion_model_info) */
     int32_t in_channels;        /* channels of x_t */
     int32_t out_channels;       /* channels the network predicts */
-    int32_t sample_size;        /* default height and width */
+    int32_t sample_size;        /* default height (and width, unless sample_width differs); 0 = none */
     int32_t num_class_embeds;   /* 0 = not class-conditional */
+    int32_t sample_width;       /* default width; 0 = none */
+    int32_t null_class_label;   /* the unconditional class used for guidance; -1 = none */
 } diffusion_model_info;
 
-/* Fills *info (whose struct_size the caller has set) with the model's shape. */
+/* Fills *info (whose struct_size the caller has set) with the model's shape. Only the first
+ * struct_size bytes are written, so callers built against an older header keep working. */
 diffusion_status diffusion_model_get_info(const diffusion_model *model, diffusion_model_info *info);
 
 /* The model's configuration as the library understood it: a JSON object
  * {"unet": {...every UNet2DModel key, defaults filled in...}, "scheduler": {...}}.
- * *out_json is owned by the model and valid until diffusion_model_free. */
+ * *out_json is owned by the model and valid until diffusion_model_free; NULL on failure. */
 diffusion_status diffusion_model_config_json(const diffusion_model *model, const char **out_json);
 
 /* One network evaluation on caller buffers.
@@ -186,7 +191,7 @@ diffusion_status diffusion_sampler_create(const diffusion_model *model,
                                           const diffusion_sampler_params *params,
                                           diffusion_sampler **out_sampler);
 
-/* Frees a sampler. NULL is a no-op. */
+/* Frees a sampler. NULL, or a pointer that is not a live sampler, is a no-op. */
 void diffusion_sampler_free(diffusion_sampler *sampler);
 
 /* Classifier-free guidance: eps = eps_uncond + scale * (eps_cond - eps_uncond); 1 (the default)

@@ -50,7 +50,9 @@ public func diffusion_model_get_info(_ model: OpaquePointer!, _ info: UnsafeMuta
         let c = m.config
         var full = diffusion_model_info(struct_size: info.pointee.struct_size, in_channels: Int32(c.inChannels),
                                         out_channels: Int32(c.outChannels), sample_size: Int32(c.sampleHeight ?? 0),
-                                        num_class_embeds: Int32(c.numClassEmbeds ?? 0))
+                                        num_class_embeds: Int32(c.numClassEmbeds ?? 0),
+                                        sample_width: Int32(c.sampleWidth ?? 0),
+                                        null_class_label: Int32(c.nullClassLabel ?? -1))
         withUnsafeBytes(of: &full) { src in
             UnsafeMutableRawPointer(info).copyMemory(from: src.baseAddress!, byteCount: min(size, src.count))
         }
@@ -59,7 +61,8 @@ public func diffusion_model_get_info(_ model: OpaquePointer!, _ info: UnsafeMuta
 
 @c @implementation
 public func diffusion_model_config_json(_ model: OpaquePointer!, _ outJSON: UnsafeMutablePointer<UnsafePointer<CChar>?>!) -> diffusion_status {
-    boundary {
+    outJSON?.pointee = nil
+    return boundary {
         let handle = try HandleRegistry.shared.lookup(model, as: ModelHandle.self, "model")
         guard let outJSON else { throw invalid("out_json is NULL") }
         outJSON.pointee = UnsafePointer(handle.configJSON)
@@ -94,6 +97,7 @@ public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<
         guard outCount == expected else {
             throw invalid("out_count is \(outCount), expected \(expected) (batch x out_channels x height x width)")
         }
+        try m.checkMemory(batch: n, height: h, width: w)
         let input = Tensor(n: n, c: c.inChannels, h: h, w: w)
         input.data.update(from: x, count: inCount)
         let labels = classLabels.map { p in (0..<n).map { Int(p[$0]) } }

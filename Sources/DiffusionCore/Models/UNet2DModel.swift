@@ -117,6 +117,24 @@ public final class UNet2DModel {
         convOut = try w.conv3x3("conv_out", cin: ch[0], cout: config.outChannels)
     }
 
+    /// A generous upper bound of the memory one forward pass needs (activations and skips,
+    /// im2col tiles, attention scores), so impossible sizes are refused instead of crashing.
+    public func estimatedBytes(batch n: Int, height h: Int, width w: Int, threads: Int) -> Double {
+        let ch = config.blockOutChannels.map(Double.init)
+        let hw = Double(h) * Double(w), nd = Double(n), t = Double(max(threads, 1))
+        var activations = 0.0, peak = 0.0, attention = 0.0
+        for (l, c) in ch.enumerated() {
+            let s = hw / pow(4, Double(l))
+            activations += nd * c * s * Double(config.layersPerBlock + 2)
+            peak = max(peak, nd * 2 * c * s)
+            let hasAttention = config.downBlockTypes[l].hasPrefix("Attn") || config.upBlockTypes[ch.count - 1 - l].hasPrefix("Attn")
+                || (l == ch.count - 1 && config.midBlockType != nil && config.addAttention)
+            if hasAttention { attention = max(attention, t * s * s) }
+        }
+        let im2col = t * 9 * 2 * (ch.max() ?? 0) * min(512, hw)
+        return 4 * (activations + 8 * peak + im2col + attention)
+    }
+
     /// `get_timestep_embedding`: [n, dim] sinusoids of the timesteps, in float32 like diffusers.
     func timestepEmbedding(_ t: [Float], dim: Int) -> [Float] {
         let half = dim / 2

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A loaded model: network, scheduler settings from its folder, and its thread budget.
 /// Immutable after loading, so samplers on many threads may share it.
 public final class DiffusionModel {
@@ -73,6 +77,15 @@ public final class DiffusionModel {
         configJSON = JSONValue.object([("unet", config.json), ("scheduler", .object(schedulerOut))]).serialized
     }
 
+    /// Refuses a forward pass whose working memory would exceed the machine's physical memory.
+    public func checkMemory(batch: Int, height: Int, width: Int) throws {
+        let need = unet.estimatedBytes(batch: batch, height: height, width: width, threads: threads)
+        let have = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
+        if need > have {
+            throw DiffusionError(.outOfMemory, "batch \(batch) at \(height)x\(width) needs about \(Int(need / 1e9)) GB, more than this machine's \(Int(have / 1e9)) GB")
+        }
+    }
+
     /// Checks inputs and runs one network evaluation. x: [n, in_channels, h, w].
     public func predict(_ x: Tensor, timesteps: [Float], classLabels: [Int]?) throws -> Tensor {
         guard x.c == config.inChannels else {
@@ -86,6 +99,7 @@ public final class DiffusionModel {
         guard x.h >= 1, x.w >= 1, x.h % factor == 0, x.w % factor == 0 else {
             throw DiffusionError(.invalidArgument, "height and width (\(x.h)x\(x.w)) must be positive multiples of \(factor) for this model")
         }
+        try checkMemory(batch: x.n, height: x.h, width: x.w)
         if config.hasClassEmbedding {
             guard let labels = classLabels else {
                 throw DiffusionError(.invalidArgument, "this model is class-conditional: class labels are required")

@@ -42,6 +42,8 @@ public final class Sampler {
         }
         batch = p.batch
         channels = config.inChannels
+        // Guidance may double the batch later; the check is repeated at every evaluation.
+        try model.checkMemory(batch: batch, height: height, width: width)
         guard config.outChannels == config.inChannels else {
             throw DiffusionError(.unsupported, "out_channels \(config.outChannels) differs from in_channels \(config.inChannels): the model's output is not a prediction of x_t's shape")
         }

@@ -56,6 +56,8 @@ class ModelInfo(ctypes.Structure):
         ("out_channels", ctypes.c_int32),
         ("sample_size", ctypes.c_int32),
         ("num_class_embeds", ctypes.c_int32),
+        ("sample_width", ctypes.c_int32),
+        ("null_class_label", ctypes.c_int32),
     ]
 
 

@@ -256,6 +256,8 @@ class Model:
                 "out_channels": int(info.out_channels),
                 "sample_size": int(info.sample_size),
                 "num_class_embeds": int(info.num_class_embeds),
+                "sample_width": int(info.sample_width),
+                "null_class_label": int(info.null_class_label),
             }
         except BaseException:
             self._free()
@@ -318,13 +320,17 @@ class Model:
 
     @property
     def info(self) -> dict:
-        """{"in_channels", "out_channels", "sample_size", "num_class_embeds"} (0 = unconditional)."""
+        """{"in_channels", "out_channels", "sample_size" (default height), "sample_width" (default
+        width), "num_class_embeds" (0 = not class-conditional), "null_class_label" (the class
+        used as the unconditional input for guidance; -1 = none)}."""
         return dict(self._info)
 
     in_channels = property(lambda self: self._info["in_channels"])
     out_channels = property(lambda self: self._info["out_channels"])
     sample_size = property(lambda self: self._info["sample_size"])
     num_class_embeds = property(lambda self: self._info["num_class_embeds"])
+    sample_width = property(lambda self: self._info["sample_width"])
+    null_class_label = property(lambda self: self._info["null_class_label"])
 
     @property
     def config(self) -> dict:

@@ -24,8 +24,11 @@ def test_config_is_a_dict(plain, plain_dir):
 
 
 def test_info(plain, class_model):
-    assert plain.info == {"in_channels": 3, "out_channels": 3, "sample_size": 16, "num_class_embeds": 0}
-    assert class_model.num_class_embeds == 10
+    assert plain.info == {"in_channels": 3, "out_channels": 3, "sample_size": 16, "num_class_embeds": 0,
+                          "sample_width": 16, "null_class_label": -1}
+    assert class_model.num_class_embeds == 10 and class_model.null_class_label == -1
+    with diffusion.load(helpers.unet_dir("class_cond_null")) as m:
+        assert (m.num_class_embeds, m.null_class_label) == (11, 10)
     assert (plain.in_channels, plain.out_channels, plain.sample_size) == (3, 3, 16)
 
 

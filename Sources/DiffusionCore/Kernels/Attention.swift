@@ -11,15 +11,21 @@ func spatialAttention(q: Tensor, k: Tensor, v: Tensor, heads: Int, threads: Int)
     let d = q.c / heads
     let out = Tensor(n: q.n, c: q.c, h: q.h, w: q.w)
     let scale = 1 / Float(d).squareRoot()
-    parallelFor(q.n * heads, threads: threads) { job in
-        let offset = job * d * tokens   // image-major, then head: same as (img * c + head * d) * tokens
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: tokens * tokens)
-        defer { scores.deallocate() }
+    let scores = UnsafeMutablePointer<Float>.allocate(capacity: tokens * tokens)
+    defer { scores.deallocate() }
+    blasThreads(threads)
+    for job in 0..<(q.n * heads) {
+        let offset = job * d * tokens   // image-major, then head: (img * c + head * d) * tokens
         // scores[i, j] = scale * Σ_c q[c, i] k[c, j]
         sgemm(transA: true, m: tokens, n: tokens, k: d, alpha: scale,
               a: q.data + offset, lda: tokens, b: k.data + offset, ldb: tokens,
               c: scores, ldc: tokens)
-        for i in 0..<tokens { softmaxInPlace(scores + i * tokens, count: tokens) }
+        let rowsPerTask = 16
+        parallelFor((tokens + rowsPerTask - 1) / rowsPerTask, threads: threads) { chunk in
+            for i in (chunk * rowsPerTask)..<min(tokens, (chunk + 1) * rowsPerTask) {
+                softmaxInPlace(scores + i * tokens, count: tokens)
+            }
+        }
         // out[c, i] = Σ_j v[c, j] scores[i, j]
         sgemm(transB: true, m: d, n: tokens, k: tokens,
               a: v.data + offset, lda: tokens, b: scores, ldb: tokens,

@@ -17,95 +17,90 @@ public struct Conv2d {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)
     }
 
-    /// y = conv(x) + bias, as im2col tiles × weight through GEMM, tiles in parallel.
+    /// y = conv(x) + bias as one GEMM per group of images: B = im2col of the group laid side by
+    /// side ([cin*k*k, images*oh*ow]), C = W · B, OpenBLAS spreading the GEMM over the threads.
+    /// Putting images side by side keeps the small late-stage layers from re-packing the weights
+    /// once per image.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         precondition(x.c == cin, "conv input channels")
         let (oh, ow) = outputSize(h: x.h, w: x.w)
         let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
-        let ohw = oh * ow
+        let ohw = oh * ow, ihw = x.hw
         let kk = cin * kernel * kernel
-        // Fixed tiling (independent of the thread count): output columns, then output channels
-        // when there are too few column tiles to keep threads busy.
-        let colTile = 512
-        let colTiles = (ohw + colTile - 1) / colTile
-        var coutSplit = 1
-        while x.n * colTiles * coutSplit < 8 && cout / (coutSplit * 2) >= 32 { coutSplit *= 2 }
-        let coutTile = (cout + coutSplit - 1) / coutSplit
         let direct = kernel == 1 && stride == 1 && padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0
-        let tiles = x.n * colTiles * coutSplit
-        let wp = weight.pointer
-        let bp = bias?.pointer
-        parallelFor(tiles, threads: threads) { t in
-            let img = t / (colTiles * coutSplit)
-            let rest = t % (colTiles * coutSplit)
-            let ct = rest / coutSplit
-            let co0 = (rest % coutSplit) * coutTile
-            let co1 = min(cout, co0 + coutTile)
-            if co0 >= co1 { return }
-            let p0 = ct * colTile
-            let p = min(colTile, ohw - p0)
-            let yBase = y.data + img * cout * ohw + p0
-            if let bp {
-                for co in co0..<co1 { (yBase + co * ohw).update(repeating: bp[co], count: p) }
+        // Images per GEMM: keep B under ~32 MB.
+        let group = max(1, min(x.n, (32 << 20) / max(1, kk * ohw * 4)))
+        let col = direct && group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: kk * ohw * group)
+        let staging = group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: cout * ohw * group)
+        defer { col?.deallocate(); staging?.deallocate() }
+        for first in Swift.stride(from: 0, to: x.n, by: group) {
+            let images = min(group, x.n - first)
+            let cols = images * ohw
+            // B: [kk, cols], column img * ohw + p
+            let b: UnsafePointer<Float>
+            if let col {
+                parallelFor(cin * images, threads: threads) { job in
+                    let img = job / cin, ci = job % cin
+                    if direct {
+                        (col + ci * cols + img * ohw).update(from: x.data + ((first + img) * cin + ci) * ihw, count: ohw)
+                    } else {
+                        im2col(x, image: first + img, channel: ci, oh: oh, ow: ow, into: col + img * ohw, ld: cols)
+                    }
+                }
+                b = UnsafePointer(col)
+            } else {
+                b = UnsafePointer(x.data + first * cin * ihw)
             }
-            let beta: Float = bp == nil ? 0 : 1
-            if direct {
-                sgemm(m: co1 - co0, n: p, k: kk, a: wp + co0 * kk, lda: kk,
-                      b: x.data + img * cin * ohw + p0, ldb: ohw,
-                      beta: beta, c: yBase + co0 * ohw, ldc: ohw)
-                return
+            // C: straight into y for one image, else into staging then scattered to NCHW
+            let c = staging ?? (y.data + first * cout * ohw)
+            if let bp = bias?.pointer {
+                for co in 0..<cout { (c + co * cols).update(repeating: bp[co], count: cols) }
             }
-            let col = UnsafeMutablePointer<Float>.allocate(capacity: kk * p)
-            defer { col.deallocate() }
-            im2col(x, image: img, p0: p0, p: p, ow: ow, into: col)
-            sgemm(m: co1 - co0, n: p, k: kk, a: wp + co0 * kk, lda: kk, b: col, ldb: p,
-                  beta: beta, c: yBase + co0 * ohw, ldc: ohw)
+            blasThreads(threads)
+            sgemm(m: cout, n: cols, k: kk, a: weight.pointer, lda: kk, b: b, ldb: cols,
+                  beta: bias == nil ? 0 : 1, c: c, ldc: cols)
+            if let staging {
+                parallelFor(cout * images, threads: threads) { job in
+                    let img = job / cout, co = job % cout
+                    (y.data + ((first + img) * cout + co) * ohw).update(from: staging + co * cols + img * ohw, count: ohw)
+                }
+            }
         }
         return y
     }
 
-    /// col[(ci, ky, kx), j] = x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx] for output
-    /// positions p0 ..< p0+p (j = position - p0), zero outside the image.
+    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy, ox)] (row stride ld) = x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx],
+    /// zero outside the image.
     @inline(__always)
-    private func im2col(_ x: Tensor, image img: Int, p0: Int, p: Int, ow: Int, into col: UnsafeMutablePointer<Float>) {
+    private func im2col(_ x: Tensor, image img: Int, channel ci: Int, oh: Int, ow: Int,
+                        into col: UnsafeMutablePointer<Float>, ld: Int) {
         let h = x.h, w = x.w
-        let src = x.data + img * cin * h * w
-        var row = 0
-        for ci in 0..<cin {
-            let plane = src + ci * h * w
-            for ky in 0..<kernel {
-                for kx in 0..<kernel {
-                    let dst = col + row * p
-                    var j = 0
-                    var pos = p0
-                    while j < p {
-                        let oy = pos / ow
-                        var ox = pos % ow
-                        let iy = oy * stride - padTop + ky
-                        // Run along one output row at a time.
-                        let run = min(ow - ox, p - j)
-                        if iy < 0 || iy >= h {
-                            (dst + j).update(repeating: 0, count: run)
-                        } else {
-                            let line = plane + iy * w
-                            if stride == 1 {
-                                for r in 0..<run {
-                                    let ix = ox + r - padLeft + kx
-                                    dst[j + r] = (ix >= 0 && ix < w) ? line[ix] : 0
-                                }
-                            } else {
-                                for r in 0..<run {
-                                    let ix = (ox + r) * stride - padLeft + kx
-                                    dst[j + r] = (ix >= 0 && ix < w) ? line[ix] : 0
-                                }
-                            }
-                        }
-                        ox += run
-                        j += run
-                        pos += run
+        let plane = x.data + (img * cin + ci) * h * w
+        var row = col + ci * kernel * kernel * ld
+        for ky in 0..<kernel {
+            for kx in 0..<kernel {
+                for oy in 0..<oh {
+                    let dst = row + oy * ow
+                    let iy = oy * stride - padTop + ky
+                    guard iy >= 0 && iy < h else {
+                        dst.update(repeating: 0, count: ow)
+                        continue
                     }
-                    row += 1
+                    let line = plane + iy * w
+                    if stride == 1 {
+                        // ix = ox - padLeft + kx is inside [0, w) for ox in [lo, hi): one contiguous copy.
+                        let lo = min(ow, max(0, padLeft - kx)), hi = max(lo, min(ow, w + padLeft - kx))
+                        if lo > 0 { dst.update(repeating: 0, count: lo) }
+                        if hi > lo { (dst + lo).update(from: line + (lo - padLeft + kx), count: hi - lo) }
+                        if hi < ow { (dst + hi).update(repeating: 0, count: ow - hi) }
+                    } else {
+                        for ox in 0..<ow {
+                            let ix = ox * stride - padLeft + kx
+                            dst[ox] = (ix >= 0 && ix < w) ? line[ix] : 0
+                        }
+                    }
                 }
+                row += ld
             }
         }
     }

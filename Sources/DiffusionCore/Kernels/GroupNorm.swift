@@ -23,24 +23,15 @@ public struct GroupNorm {
         parallelFor(x.n * groups, threads: threads) { ng in
             let src = x.data + ng * len
             let dst = y.data + ng * len
-            // Two passes in double: mean, then biased variance (as torch computes it).
-            var sum = 0.0
-            for i in 0..<len { sum += Double(src[i]) }
-            let mean = sum / Double(len)
-            var sq = 0.0
-            for i in 0..<len { let d = Double(src[i]) - mean; sq += d * d }
-            let rstd = Float(1.0 / (sq / Double(len) + Double(eps)).squareRoot())
-            let m = Float(mean)
+            // Two passes: mean, then the biased variance, as torch computes them.
+            let mean = sum(src, count: len) / Float(len)
+            let variance = sumSquaredDeviations(src, count: len, mean: mean) / Float(len)
+            let rstd = 1 / (variance + eps).squareRoot()
             let c0 = (ng % groups) * perGroup
             for cc in 0..<perGroup {
                 let scale = g[c0 + cc] * rstd
-                let shift = b[c0 + cc] - m * scale
-                let s = src + cc * hw, d = dst + cc * hw
-                if silu {
-                    for i in 0..<hw { d[i] = siluScalar(s[i] * scale + shift) }
-                } else {
-                    for i in 0..<hw { d[i] = s[i] * scale + shift }
-                }
+                let shift = b[c0 + cc] - mean * scale
+                scaleShiftSiLU(src + cc * hw, dst + cc * hw, count: hw, scale: scale, shift: shift, silu: silu)
             }
         }
         return y

@@ -6,12 +6,12 @@
  * Usage (errors checked with `if (st != DIFFUSION_OK) puts(diffusion_last_error());`):
  *
  *     diffusion_model_params mp;
- *     diffusion_model_params_init(&mp);
+ *     diffusion_model_params_init(&mp, sizeof mp);
  *     diffusion_model *model;
  *     diffusion_status st = diffusion_model_load("models/digits", &mp, &model);
  *
  *     diffusion_sampler_params sp;
- *     diffusion_sampler_params_init(&sp);
+ *     diffusion_sampler_params_init(&sp, sizeof sp);
  *     sp.scheduler = "ddim"; sp.steps = 50; sp.seed = 1; sp.batch = 4;
  *     diffusion_sampler *s;
  *     st = diffusion_sampler_create(model, &sp, &s);
@@ -105,8 +105,10 @@ typedef struct diffusion_model_params {
     int32_t n_threads;
 } diffusion_model_params;
 
-/* Fills *params with defaults. NULL is ignored. */
-void diffusion_model_params_init(diffusion_model_params *params);
+/* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_model_params)
+ * as compiled by the caller, so a program built against an older header is never written past
+ * its struct) and sets params->struct_size. NULL is ignored. */
+void diffusion_model_params_init(diffusion_model_params *params, size_t struct_size);
 
 /* Loads a model from a local folder in the diffusers layout, either
  *   - a model folder: config.json + diffusion_pytorch_model.safetensors
@@ -144,13 +146,15 @@ diffusion_status diffusion_model_get_info(const diffusion_model *model, diffusio
 diffusion_status diffusion_model_config_json(const diffusion_model *model, const char **out_json);
 
 /* One network evaluation on caller buffers.
- *   x:            float32 [batch, in_channels, height, width], NCHW contiguous
+ *   x:            float32 [batch, channels, height, width], NCHW contiguous; channels must be
+ *                 the model's in_channels (it is passed so that a mismatch is an error, not a
+ *                 read past the caller's buffer)
  *   timesteps:    batch float values
  *   class_labels: batch labels in [0, num_class_embeds), or NULL for a model without classes
  *   out:          float32 [batch, out_channels, height, width]; out_count is its element count
  * Thread-safe: many threads may call it on one model at once. */
 diffusion_status diffusion_model_predict(const diffusion_model *model, const float *x,
-                                         int32_t batch, int32_t height, int32_t width,
+                                         int32_t batch, int32_t channels, int32_t height, int32_t width,
                                          const float *timesteps, const int32_t *class_labels,
                                          float *out, size_t out_count);
 
@@ -159,7 +163,7 @@ diffusion_status diffusion_model_predict(const diffusion_model *model, const flo
 typedef struct diffusion_sampler_params {
     uint32_t struct_size;
     /* "ddpm" or "ddim". NULL (default) = the model's scheduler_config.json _class_name,
-       or "ddpm" if it has none. */
+       or "ddpm" if it has none. Copied; need not outlive the call. */
     const char *scheduler;
     /* Number of inference steps; 0 (default) = the diffusers pipeline default
        (ddpm: num_train_timesteps, ddim: 50). */
@@ -182,8 +186,9 @@ typedef struct diffusion_sampler_params {
     const char *scheduler_config_json;
 } diffusion_sampler_params;
 
-/* Fills *params with defaults. NULL is ignored. */
-void diffusion_sampler_params_init(diffusion_sampler_params *params);
+/* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_sampler_params))
+ * and sets params->struct_size. NULL is ignored. */
+void diffusion_sampler_params_init(diffusion_sampler_params *params, size_t struct_size);
 
 /* Creates a sampler and draws its start noise x_T. params may be NULL (defaults). The model
  * must outlive the sampler. On failure *out_sampler is set to NULL. */
@@ -232,11 +237,17 @@ diffusion_status diffusion_sampler_step(diffusion_sampler *sampler, int32_t *rem
 typedef bool (*diffusion_progress_fn)(int32_t step, int32_t total_steps, float timestep,
                                       void *user_data);
 
-/* Runs the remaining steps. progress may be NULL. If the callback returns false or
- * diffusion_sampler_cancel is called, returns DIFFUSION_ERROR_CANCELLED after the current step;
- * the sampler keeps the last x_t and can continue with step or run. */
+/* Runs the remaining steps (none left: returns DIFFUSION_OK at once). progress may be NULL; its
+ * step and total count the whole schedule, so a resumed run continues the count. If the callback
+ * returns false or diffusion_sampler_cancel is called during the run, returns
+ * DIFFUSION_ERROR_CANCELLED after the current step; a cancel requested before the call stops it
+ * before the first step. The sampler keeps the last x_t and can continue with step or run. */
 diffusion_status diffusion_sampler_run(diffusion_sampler *sampler, diffusion_progress_fn progress,
                                        void *user_data);
+
+/* Where the sampler is: *done steps of *total (either may be NULL). */
+diffusion_status diffusion_sampler_progress(const diffusion_sampler *sampler, int32_t *done,
+                                            int32_t *total);
 
 /* Asks a running diffusion_sampler_run (or the next step/run) to stop. Any thread may call it.
  * NULL is a no-op. */

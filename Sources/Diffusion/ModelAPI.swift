@@ -2,9 +2,17 @@ import CDiffusion
 import DiffusionCore
 
 @c @implementation
-public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!) {
-    guard let params else { return }
-    params.pointee = diffusion_model_params(struct_size: UInt32(MemoryLayout<diffusion_model_params>.size), n_threads: 0)
+public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
+    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0), to: params, size: structSize)
+}
+
+/// Writes the first `size` bytes of `value` (a params struct) and sets its struct_size.
+func writeDefaults<T>(_ value: T, to p: UnsafeMutablePointer<T>?, size: Int) {
+    guard let p, size >= MemoryLayout<UInt32>.size else { return }
+    var v = value
+    let n = min(size, MemoryLayout<T>.size)
+    withUnsafeMutableBytes(of: &v) { $0.storeBytes(of: UInt32(n), as: UInt32.self) }
+    withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n) }
 }
 
 /// Reads a caller's params struct, honouring its struct_size (older callers pass fewer fields).
@@ -27,7 +35,7 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
         guard let outModel else { throw invalid("out_model is NULL") }
         guard let path else { throw invalid("path is NULL") }
         var defaults = diffusion_model_params()
-        diffusion_model_params_init(&defaults)
+        diffusion_model_params_init(&defaults, MemoryLayout<diffusion_model_params>.size)
         let p = try readParams(params, defaults: defaults, "diffusion_model_params")
         guard p.n_threads >= 0, p.n_threads <= 1024 else { throw invalid("n_threads \(p.n_threads) must be between 0 and 1024") }
         let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads))
@@ -82,7 +90,7 @@ func elementCount(_ dims: [Int], _ what: String) throws -> Int {
 }
 
 @c @implementation
-public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<Float>!, _ batch: Int32, _ height: Int32,
+public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<Float>!, _ batch: Int32, _ channels: Int32, _ height: Int32,
                                     _ width: Int32, _ timesteps: UnsafePointer<Float>!, _ classLabels: UnsafePointer<Int32>!,
                                     _ out: UnsafeMutablePointer<Float>!, _ outCount: Int) -> diffusion_status {
     boundary {
@@ -92,6 +100,9 @@ public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<
         guard let out else { throw invalid("out is NULL") }
         let c = m.config
         let n = Int(batch), h = Int(height), w = Int(width)
+        guard Int(channels) == c.inChannels else {
+            throw invalid("channels is \(channels), the model takes \(c.inChannels) input channels")
+        }
         let inCount = try elementCount([n, c.inChannels, h, w], "x")
         let expected = try elementCount([n, c.outChannels, h, w], "out")
         guard outCount == expected else {

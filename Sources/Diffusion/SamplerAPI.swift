@@ -2,11 +2,10 @@ import CDiffusion
 import DiffusionCore
 
 @c @implementation
-public func diffusion_sampler_params_init(_ params: UnsafeMutablePointer<diffusion_sampler_params>!) {
-    guard let params else { return }
-    params.pointee = diffusion_sampler_params(
-        struct_size: UInt32(MemoryLayout<diffusion_sampler_params>.size), scheduler: nil, steps: 0, seed: 0,
-        batch: 1, height: 0, width: 0, eta: 0, scheduler_config_json: nil)
+public func diffusion_sampler_params_init(_ params: UnsafeMutablePointer<diffusion_sampler_params>!, _ structSize: Int) {
+    writeDefaults(diffusion_sampler_params(struct_size: 0, scheduler: nil, steps: 0, seed: 0, batch: 1, height: 0,
+                                           width: 0, eta: 0, scheduler_config_json: nil),
+                  to: params, size: structSize)
 }
 
 @c @implementation
@@ -17,7 +16,7 @@ public func diffusion_sampler_create(_ model: OpaquePointer!, _ params: UnsafePo
         guard let outSampler else { throw invalid("out_sampler is NULL") }
         let m = try HandleRegistry.shared.lookup(model, as: ModelHandle.self, "model").model
         var defaults = diffusion_sampler_params()
-        diffusion_sampler_params_init(&defaults)
+        diffusion_sampler_params_init(&defaults, MemoryLayout<diffusion_sampler_params>.size)
         let c = try readParams(params, defaults: defaults, "diffusion_sampler_params")
         var p = SamplerParams()
         p.scheduler = try c.scheduler.map { try string($0, "scheduler") }
@@ -127,6 +126,16 @@ public func diffusion_sampler_run(_ sampler: OpaquePointer!, _ progress: diffusi
         } else {
             try s.run(progress: nil)
         }
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_progress(_ sampler: OpaquePointer!, _ done: UnsafeMutablePointer<Int32>!,
+                                       _ total: UnsafeMutablePointer<Int32>!) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        done?.pointee = Int32(s.stepIndex)
+        total?.pointee = Int32(s.totalSteps)
     }
 }
 

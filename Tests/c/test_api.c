@@ -197,7 +197,7 @@ static char *replace_first(const char *text, const char *from, const char *to) {
 
 static diffusion_model *load(const char *name, int32_t n_threads) {
     diffusion_model_params mp;
-    diffusion_model_params_init(&mp);
+    diffusion_model_params_init(&mp, sizeof mp);
     mp.n_threads = n_threads;
     diffusion_model *m = NULL;
     if (!CHECK_OK(diffusion_model_load(fixture(name), &mp, &m))) {
@@ -210,7 +210,7 @@ static diffusion_model *load(const char *name, int32_t n_threads) {
 static diffusion_sampler *sampler(const diffusion_model *m, const char *scheduler, int32_t steps, uint64_t seed,
                                   int32_t batch, const char *json) {
     diffusion_sampler_params sp;
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     sp.scheduler = scheduler;
     sp.steps = steps;
     sp.seed = seed;
@@ -291,8 +291,8 @@ static void test_last_error_per_thread(void) {
 }
 
 static void test_null_arguments(void) {
-    diffusion_model_params_init(NULL);  /* ignored */
-    diffusion_sampler_params_init(NULL);
+    diffusion_model_params_init(NULL, sizeof(diffusion_model_params));  /* ignored */
+    diffusion_sampler_params_init(NULL, sizeof(diffusion_sampler_params));
     diffusion_model_free(NULL);         /* no-ops */
     diffusion_sampler_free(NULL);
     diffusion_sampler_cancel(NULL);
@@ -315,10 +315,10 @@ static void test_null_arguments(void) {
     enum { N = 3 * 16 * 16 };
     static float x[N], out[N];
     float t = 10;
-    CHECK_ERROR(diffusion_model_predict(NULL, x, 1, 16, 16, &t, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "model");
-    CHECK_ERROR(diffusion_model_predict(m, NULL, 1, 16, 16, &t, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "x");
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, 16, 16, NULL, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "timesteps");
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, 16, 16, &t, NULL, NULL, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "out");
+    CHECK_ERROR(diffusion_model_predict(NULL, x, 1, 3, 16, 16, &t, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "model");
+    CHECK_ERROR(diffusion_model_predict(m, NULL, 1, 3, 16, 16, &t, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "x");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, 16, 16, NULL, NULL, out, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "timesteps");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, 16, 16, &t, NULL, NULL, N), DIFFUSION_ERROR_INVALID_ARGUMENT, "out");
 
     diffusion_sampler *s = poison_s;
     CHECK_ERROR(diffusion_sampler_create(NULL, NULL, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "model");
@@ -443,7 +443,7 @@ static void test_info_and_config(void) {
 
 static void test_params_versions(void) {
     diffusion_model_params mp;
-    diffusion_model_params_init(&mp);
+    diffusion_model_params_init(&mp, sizeof mp);
     CHECK(mp.struct_size == sizeof mp && mp.n_threads == 0);
     diffusion_model *m = (diffusion_model *)(uintptr_t)0x10;
     mp.struct_size = 0;
@@ -451,15 +451,28 @@ static void test_params_versions(void) {
     CHECK(m == NULL);
     mp.struct_size = UINT32_MAX;
     CHECK_ERROR(diffusion_model_load(fixture("plain"), &mp, &m), DIFFUSION_ERROR_INVALID_ARGUMENT, "struct_size");
-    diffusion_model_params_init(&mp);
+    diffusion_model_params_init(&mp, sizeof mp);
     mp.n_threads = -1;
     CHECK_ERROR(diffusion_model_load(fixture("plain"), &mp, &m), DIFFUSION_ERROR_INVALID_ARGUMENT, "n_threads");
     CHECK_OK(diffusion_model_load(fixture("plain"), NULL, &m));  /* NULL params = defaults */
 
     diffusion_sampler_params sp;
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     CHECK(sp.struct_size == sizeof sp && sp.scheduler == NULL && sp.steps == 0 && sp.seed == 0 && sp.batch == 1 &&
           sp.height == 0 && sp.width == 0 && sp.eta == 0 && sp.scheduler_config_json == NULL);
+    /* An older caller's smaller struct: init writes only the bytes it was given. */
+    {
+        unsigned char older[sizeof(diffusion_sampler_params) + 16];
+        memset(older, 0xAB, sizeof older);
+        size_t old_size = offsetof(diffusion_sampler_params, eta);
+        diffusion_sampler_params_init((diffusion_sampler_params *)(void *)older, old_size);
+        uint32_t written;
+        memcpy(&written, older, sizeof written);
+        CHECK(written == old_size);
+        int untouched = 1;
+        for (size_t i = old_size; i < sizeof older; i++) untouched &= older[i] == 0xAB;
+        CHECK(untouched);
+    }
     diffusion_sampler *s = (diffusion_sampler *)(uintptr_t)0x10;
     sp.struct_size = 0;
     CHECK_ERROR(diffusion_sampler_create(m, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "struct_size");
@@ -479,7 +492,7 @@ static void test_params_versions(void) {
 
     /* A caller built against a header that ended before eta: the fields past struct_size hold
        values the library would refuse, so they must not be read. */
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     sp.scheduler = "ddim";
     sp.steps = 3;
     sp.seed = 7;
@@ -630,13 +643,15 @@ static void test_predict(void) {
     }
     float ts[2] = {10, 500};
     for (int i = 0; i < 2 * N1; i++) out[i] = NAN;
-    CHECK_OK(diffusion_model_predict(m, x, 2, H, W, ts, NULL, out, 2 * N1));
+    CHECK_OK(diffusion_model_predict(m, x, 2, 3, H, W, ts, NULL, out, 2 * N1));
+    /* The caller's channel count must be the model's: a mismatch is refused, not read past. */
+    CHECK_ERROR(diffusion_model_predict(m, x, 2, 1, H, W, ts, NULL, out, 2 * N1 / 3), DIFFUSION_ERROR_INVALID_ARGUMENT, "channels");
     CHECK(all_finite(out, 2 * N1));
     bool varies = false;
     for (int i = 1; i < N1; i++) varies = varies || out[i] != out[0];
     CHECK(varies);
     /* Item 0 of a batch of 2 is (nearly) item 0 alone. */
-    CHECK_OK(diffusion_model_predict(m, x, 1, H, W, ts, NULL, out1, N1));
+    CHECK_OK(diffusion_model_predict(m, x, 1, 3, H, W, ts, NULL, out1, N1));
     double max_diff = 0;
     for (int i = 0; i < N1; i++) {
         double d = (double)out1[i] - out[i];
@@ -645,42 +660,42 @@ static void test_predict(void) {
     }
     CHECK(max_diff < 1e-4);
     /* Another size that fits the model's downsampling (factor 2 here). */
-    CHECK_OK(diffusion_model_predict(m, x, 1, 8, 32, ts, NULL, out1, 3 * 8 * 32));
+    CHECK_OK(diffusion_model_predict(m, x, 1, 3, 8, 32, ts, NULL, out1, 3 * 8 * 32));
     CHECK(all_finite(out1, 3 * 8 * 32));
 
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, NULL, out, N1 - 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "out_count");
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, NULL, out, N1 + 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "out_count");
-    CHECK_ERROR(diffusion_model_predict(m, x, 0, H, W, ts, NULL, out, 0), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
-    CHECK_ERROR(diffusion_model_predict(m, x, -1, H, W, ts, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, 15, W, ts, NULL, out, 3 * 15 * W), DIFFUSION_ERROR_INVALID_ARGUMENT, "multiple");
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, 0, ts, NULL, out, 0), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, NULL, out, N1 - 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "out_count");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, NULL, out, N1 + 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "out_count");
+    CHECK_ERROR(diffusion_model_predict(m, x, 0, 3, H, W, ts, NULL, out, 0), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
+    CHECK_ERROR(diffusion_model_predict(m, x, -1, 3, H, W, ts, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, 15, W, ts, NULL, out, 3 * 15 * W), DIFFUSION_ERROR_INVALID_ARGUMENT, "multiple");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, 0, ts, NULL, out, 0), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
     float bad_t = NAN;
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, &bad_t, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "timestep");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, &bad_t, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "timestep");
     int32_t labels[2] = {0, 0};
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "class");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "class");
     diffusion_model_free(m);
 
     /* A model with 4 levels downsamples by 8. */
     m = load("cifar_small", 1);
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, 12, 16, ts, NULL, out, 3 * 12 * 16), DIFFUSION_ERROR_INVALID_ARGUMENT, "8");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, 12, 16, ts, NULL, out, 3 * 12 * 16), DIFFUSION_ERROR_INVALID_ARGUMENT, "8");
     diffusion_model_free(m);
 
     /* A class-conditional model needs labels in range. */
     m = load("class_cond", 1);
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "class");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, NULL, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "class");
     labels[0] = 10;
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "10");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "10");
     labels[0] = -1;
-    CHECK_ERROR(diffusion_model_predict(m, x, 1, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "-1");
+    CHECK_ERROR(diffusion_model_predict(m, x, 1, 3, H, W, ts, labels, out, N1), DIFFUSION_ERROR_INVALID_ARGUMENT, "-1");
     labels[0] = 9;
-    CHECK_OK(diffusion_model_predict(m, x, 1, H, W, ts, labels, out, N1));
+    CHECK_OK(diffusion_model_predict(m, x, 1, 3, H, W, ts, labels, out, N1));
     CHECK(all_finite(out, N1));
     diffusion_model_free(m);
 
     /* out_channels != in_channels: predict works, sampling is not possible. */
     m = load("in3_out6", 1);
     static float out6[6 * H * W];
-    CHECK_OK(diffusion_model_predict(m, x, 1, H, W, ts, NULL, out6, 6 * H * W));
+    CHECK_OK(diffusion_model_predict(m, x, 1, 3, H, W, ts, NULL, out6, 6 * H * W));
     CHECK(all_finite(out6, 6 * H * W));
     diffusion_sampler *s = (diffusion_sampler *)(uintptr_t)0x10;
     CHECK_ERROR(diffusion_sampler_create(m, NULL, &s), DIFFUSION_ERROR_UNSUPPORTED, "out_channels");
@@ -691,7 +706,7 @@ static void test_predict(void) {
 static diffusion_status create_with(const diffusion_model *m, const char *scheduler, int32_t steps, int32_t batch,
                                     int32_t height, float eta, const char *json) {
     diffusion_sampler_params sp;
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     sp.scheduler = scheduler;
     sp.steps = steps;
     sp.batch = batch;
@@ -832,9 +847,14 @@ static void test_buffers_and_steps(void) {
     CHECK(count == 3 && ts[0] > ts[1] && ts[1] > ts[2] && ts[2] >= 0 && ts[3] == -1 && ts[4] == -1);
 
     /* Steps: remaining counts down, then a further step is an invalid state. */
-    int32_t remaining = -1;
+    int32_t remaining = -1, done = -1, total = -1;
+    CHECK_OK(diffusion_sampler_progress(s, &done, &total));
+    CHECK(done == 0 && total == 3);
+    CHECK_ERROR(diffusion_sampler_progress(NULL, &done, &total), DIFFUSION_ERROR_INVALID_ARGUMENT, "sampler");
     CHECK_OK(diffusion_sampler_step(s, &remaining));
     CHECK(remaining == 2);
+    CHECK_OK(diffusion_sampler_progress(s, &done, NULL));
+    CHECK(done == 1);
     CHECK_OK(diffusion_sampler_step(s, &remaining));
     CHECK(remaining == 1);
     CHECK_OK(diffusion_sampler_step(s, &remaining));
@@ -936,7 +956,7 @@ static void test_out_of_memory(void) {
         diffusion_model *m = NULL;
         if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) _exit(100);
         diffusion_sampler_params sp;
-        diffusion_sampler_params_init(&sp);
+        diffusion_sampler_params_init(&sp, sizeof sp);
         sp.batch = 4096;
         sp.height = 16384;
         sp.width = 16384;
@@ -1097,7 +1117,7 @@ typedef struct {
 static void *run_job_thread(void *arg) {
     run_job *j = arg;
     diffusion_sampler_params sp;
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     sp.scheduler = "ddpm";
     sp.steps = 8;
     sp.seed = j->seed;

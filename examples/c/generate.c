@@ -170,14 +170,14 @@ int main(int argc, char **argv) {
 
     /* 1. Load the model (a diffusers folder). n_threads 0 = all cores. */
     diffusion_model_params mp;
-    diffusion_model_params_init(&mp);
+    diffusion_model_params_init(&mp, sizeof mp);
     diffusion_model *model;
     check(diffusion_model_load(opt.model, &mp, &model));
 
     /* 2. Create a sampler: it draws the start noise from the seed. Fields left alone keep the
           defaults set by diffusion_sampler_params_init. */
     diffusion_sampler_params sp;
-    diffusion_sampler_params_init(&sp);
+    diffusion_sampler_params_init(&sp, sizeof sp);
     sp.scheduler = opt.scheduler;
     sp.steps = opt.steps;
     sp.seed = opt.seed;

@@ -160,14 +160,11 @@ def _c_string(name: str, value) -> bytes:
 def _new_params(cls, init):
     """A params struct filled by the library's *_init.
 
-    The struct lives in a buffer with spare room after it, so that a newer library whose struct
-    has grown cannot write past our memory; struct_size is then set to the size this package
-    knows, so the library reads only the fields declared here.
+    The library writes only the sizeof(struct) bytes this package knows and sets struct_size to
+    it, so a newer library whose struct has grown neither writes past it nor reads beyond it.
     """
-    buf = (ctypes.c_char * (ctypes.sizeof(cls) + 512))()
-    params = cls.from_buffer(buf)
-    init(ctypes.byref(params))
-    params.struct_size = ctypes.sizeof(cls)
+    params = cls()
+    init(ctypes.byref(params), ctypes.sizeof(cls))
     return params
 
 
@@ -381,7 +378,7 @@ class Model:
         try:
             _check(
                 library().model_predict(
-                    handle, x.ctypes.data_as(_f32p), n, h, w, ts.ctypes.data_as(_f32p), labels_p,
+                    handle, x.ctypes.data_as(_f32p), n, x.shape[1], h, w, ts.ctypes.data_as(_f32p), labels_p,
                     out.ctypes.data_as(_f32p), out.size,
                 )
             )
@@ -584,6 +581,19 @@ class Sampler:
 
     def __len__(self) -> int:
         return len(self._timesteps)
+
+    @property
+    def steps_done(self) -> int:
+        """Steps taken so far."""
+        done = ctypes.c_int32()
+        with self._use() as h:
+            _check(library().sampler_progress(h, ctypes.byref(done), None))
+        return done.value
+
+    @property
+    def remaining(self) -> int:
+        """Steps left."""
+        return len(self._timesteps) - self.steps_done
 
     # -- settings --
 

@@ -400,3 +400,12 @@ def test_guidance_set_later_equals_constructor():
             ga, gb, plain_run = a.run(), b.run(), c.run()
             assert np.array_equal(ga, gb)
             assert not np.array_equal(ga, plain_run)
+
+
+def test_steps_done_and_remaining(plain):
+    with plain.sampler(scheduler="ddim", steps=4) as s:
+        assert (s.steps_done, s.remaining) == (0, 4)
+        assert s.step() is True
+        assert (s.steps_done, s.remaining) == (1, 3)
+        s.run()
+        assert (s.steps_done, s.remaining) == (4, 0)

@@ -10,7 +10,8 @@ MARCH       ?= native
 VERSION     := 0.1.0
 SOVERSION   := 0
 PYTHON      ?= python3
-DEMO_MODEL  ?= Tests/Fixtures/unet/cifar_small
+DEMO_MODEL  ?= models/digits
+TEST_MODEL  := Tests/Fixtures/unet/cifar_small
 BUILD_DIR   := .build/release
 LIB         := $(BUILD_DIR)/libdiffusion.so
 CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
@@ -18,7 +19,7 @@ SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FL
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 
-.PHONY: all build deps test test-swift test-c test-install test-python demo install bench clean
+.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench clean
 
 all: build
 
@@ -33,11 +34,13 @@ deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# The library and the `diffusion` command-line program (product diffusion-cli).
 build: deps
-	swift build $(SWIFT_FLAGS) --product diffusion
+	swift build $(SWIFT_FLAGS)
 	@ln -sf libdiffusion.so $(BUILD_DIR)/libdiffusion.so.$(SOVERSION)
+	@ln -sf diffusion-cli $(BUILD_DIR)/diffusion
 
-test: build test-swift test-c test-install test-python
+test: build test-swift test-c test-install test-python test-cli
 	@echo "all tests passed"
 
 # The core's tests link the Swift runtime dynamically, so they build in their own folder.
@@ -55,7 +58,8 @@ test-install: build
 	$(MAKE) --no-print-directory install PREFIX=$$tmp >/dev/null && \
 	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/generate.c \
 	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lz -o $$tmp/generate && \
-	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model $(DEMO_MODEL) --steps 10 --output $$tmp/c.png && \
+	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model $(TEST_MODEL) --steps 10 --output $$tmp/c.png && \
+	$$tmp/bin/diffusion info --model $(TEST_MODEL) >/dev/null && \
 	test -s $$tmp/c.png && echo "install + pkg-config + C example: ok ($$tmp)"; \
 	st=$$?; rm -rf $$tmp; exit $$st
 
@@ -63,17 +67,23 @@ test-python: build
 	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $(PYTHON) -m pytest -q bindings/python/tests
 	@tmp=$$(mktemp -d); \
 	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $(PYTHON) examples/python/generate.py \
-	  --model $(DEMO_MODEL) --steps 10 --output $$tmp/py.png && test -s $$tmp/py.png; st=$$?; rm -rf $$tmp; exit $$st
+	  --model $(TEST_MODEL) --steps 10 --output $$tmp/py.png && test -s $$tmp/py.png; st=$$?; rm -rf $$tmp; exit $$st
 
+test-cli: build
+	bash Tests/cli/test_cli.sh $(BUILD_DIR)/diffusion
+
+# All ten digits, a row per class, with classifier-free guidance.
 demo: build
 	@mkdir -p $(OUT)
-	cc -std=c11 -O2 -Iinclude examples/c/generate.c -L$(BUILD_DIR) -ldiffusion -lz \
-	  -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/generate
-	$(BUILD_DIR)/generate --model $(DEMO_MODEL) --count 16 --output $(OUT)/demo.png
-	@echo "demo image: $(abspath $(OUT)/demo.png)"
+	$(BUILD_DIR)/diffusion generate --model $(DEMO_MODEL) --class all --count 10 --guidance 3 \
+	  --scheduler ddim --steps 50 --seed 1 --output $(OUT)/digits.png
+	@echo "demo image: $(abspath $(OUT)/digits.png)"
 
 install: build
-	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
+	  $(DESTDIR)$(PREFIX)/share/diffusion/models
+	install -m 755 $(BUILD_DIR)/diffusion-cli $(DESTDIR)$(PREFIX)/bin/diffusion
+	if [ -d models/digits ]; then cp -R models/digits $(DESTDIR)$(PREFIX)/share/diffusion/models/; fi
 	install -m 755 $(LIB) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so.$(VERSION)
 	ln -sf libdiffusion.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so.$(SOVERSION)
 	ln -sf libdiffusion.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libdiffusion.so

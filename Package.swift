@@ -7,6 +7,11 @@ let package = Package(
     name: "libdiffusion",
     products: [
         .library(name: "diffusion", type: .dynamic, targets: ["Diffusion"]),
+        // Installed as `diffusion` (SwiftPM product names must differ from the library's).
+        .executable(name: "diffusion-cli", targets: ["DiffusionCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CDiffusion", path: "Sources/CDiffusion"),
@@ -25,6 +30,11 @@ let package = Package(
                 "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/Diffusion/exports.map",
                 "-Xlinker", "-soname=libdiffusion.so.0",
             ])]
+        ),
+        .executableTarget(
+            name: "DiffusionCLI",
+            dependencies: ["DiffusionCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/DiffusionCLI"
         ),
         .testTarget(name: "DiffusionCoreTests", dependencies: ["DiffusionCore"], path: "Tests/DiffusionCoreTests"),
     ],

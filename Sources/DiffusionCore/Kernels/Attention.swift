@@ -11,25 +11,25 @@ func spatialAttention(q: Tensor, k: Tensor, v: Tensor, heads: Int, threads: Int)
     let d = q.c / heads
     let out = Tensor(n: q.n, c: q.c, h: q.h, w: q.w)
     let scale = 1 / Float(d).squareRoot()
-    let scores = UnsafeMutablePointer<Float>.allocate(capacity: tokens * tokens)
-    defer { scores.deallocate() }
-    blasThreads(threads)
-    for job in 0..<(q.n * heads) {
-        let offset = job * d * tokens   // image-major, then head: (img * c + head * d) * tokens
-        // scores[i, j] = scale * Σ_c q[c, i] k[c, j]
-        sgemm(transA: true, m: tokens, n: tokens, k: d, alpha: scale,
-              a: q.data + offset, lda: tokens, b: k.data + offset, ldb: tokens,
+    // Jobs are (image, head, block of query rows): fixed blocks, so any thread count gives the
+    // same bytes.
+    let rowBlock = 128
+    let blocks = (tokens + rowBlock - 1) / rowBlock
+    blasThreads(1)
+    parallelFor(q.n * heads * blocks, threads: threads) { job in
+        let offset = (job / blocks) * d * tokens   // (img * c + head * d) * tokens
+        let i0 = (job % blocks) * rowBlock, rows = min(rowBlock, tokens - i0)
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * tokens)
+        defer { scores.deallocate() }
+        // scores[i, j] = scale * Σ_c q[c, i0 + i] k[c, j]
+        sgemm(transA: true, m: rows, n: tokens, k: d, alpha: scale,
+              a: q.data + offset + i0, lda: tokens, b: k.data + offset, ldb: tokens,
               c: scores, ldc: tokens)
-        let rowsPerTask = 16
-        parallelFor((tokens + rowsPerTask - 1) / rowsPerTask, threads: threads) { chunk in
-            for i in (chunk * rowsPerTask)..<min(tokens, (chunk + 1) * rowsPerTask) {
-                softmaxInPlace(scores + i * tokens, count: tokens)
-            }
-        }
-        // out[c, i] = Σ_j v[c, j] scores[i, j]
-        sgemm(transB: true, m: d, n: tokens, k: tokens,
+        for i in 0..<rows { softmaxInPlace(scores + i * tokens, count: tokens) }
+        // out[c, i0 + i] = Σ_j v[c, j] scores[i, j]
+        sgemm(transB: true, m: d, n: rows, k: tokens,
               a: v.data + offset, lda: tokens, b: scores, ldb: tokens,
-              c: out.data + offset, ldc: tokens)
+              c: out.data + offset + i0, ldc: tokens)
     }
     return out
 }

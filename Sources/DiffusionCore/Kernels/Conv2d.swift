@@ -17,10 +17,10 @@ public struct Conv2d {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)
     }
 
-    /// y = conv(x) + bias as one GEMM per group of images: B = im2col of the group laid side by
-    /// side ([cin*k*k, images*oh*ow]), C = W · B, OpenBLAS spreading the GEMM over the threads.
-    /// Putting images side by side keeps the small late-stage layers from re-packing the weights
-    /// once per image.
+    /// y = conv(x) + bias as GEMMs over a group of images laid side by side:
+    /// B = im2col of the group ([cin*k*k, images*oh*ow]), C = W · B.
+    /// C is cut into fixed tiles (independent of the thread count, so results are too), each a
+    /// single-threaded OpenBLAS call on one of our threads.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         precondition(x.c == cin, "conv input channels")
         let (oh, ow) = outputSize(h: x.h, w: x.w)
@@ -28,11 +28,16 @@ public struct Conv2d {
         let ohw = oh * ow, ihw = x.hw
         let kk = cin * kernel * kernel
         let direct = kernel == 1 && stride == 1 && padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0
-        // Images per GEMM: keep B under ~32 MB.
-        let group = max(1, min(x.n, (32 << 20) / max(1, kk * ohw * 4)))
+        // Images per group: keep B under ~16 MB. Large images write C straight into y (one tile
+        // never spans two images); small ones (late, low-resolution layers) share tiles through a
+        // staging buffer so their GEMMs are not tiny.
+        let group = max(1, min(x.n, (16 << 20) / max(1, kk * ohw * 4)))
+        let perImage = ohw >= 256 || group == 1
         let col = direct && group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: kk * ohw * group)
-        let staging = group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: cout * ohw * group)
+        let staging = perImage ? nil : UnsafeMutablePointer<Float>.allocate(capacity: cout * ohw * group)
         defer { col?.deallocate(); staging?.deallocate() }
+        let bias = self.bias?.pointer
+        blasThreads(1)
         for first in Swift.stride(from: 0, to: x.n, by: group) {
             let images = min(group, x.n - first)
             let cols = images * ohw
@@ -51,14 +56,29 @@ public struct Conv2d {
             } else {
                 b = UnsafePointer(x.data + first * cin * ihw)
             }
-            // C: straight into y for one image, else into staging then scattered to NCHW
-            let c = staging ?? (y.data + first * cout * ohw)
-            if let bp = bias?.pointer {
-                for co in 0..<cout { (c + co * cols).update(repeating: bp[co], count: cols) }
+            // Tiles: (segment, column block, row block); a segment is one image, or the whole
+            // group when staging. Fixed sizes, so any thread count computes identical bytes.
+            let segments = perImage ? images : 1
+            let segmentCols = perImage ? ohw : cols
+            let colTile = 1024
+            let colTiles = (segmentCols + colTile - 1) / colTile
+            var rowSplit = 1
+            while segments * colTiles * rowSplit < 4 && cout / (rowSplit * 2) >= 32 { rowSplit *= 2 }
+            let rowTile = (cout + rowSplit - 1) / rowSplit
+            parallelFor(segments * colTiles * rowSplit, threads: threads) { t in
+                let seg = t / (colTiles * rowSplit), rest = t % (colTiles * rowSplit)
+                let c0 = (rest / rowSplit) * colTile, n = min(colTile, segmentCols - c0)
+                let r0 = (rest % rowSplit) * rowTile, m = min(rowTile, cout - r0)
+                guard m > 0 else { return }
+                let cBase: UnsafeMutablePointer<Float>, ldc: Int
+                if let staging { cBase = staging; ldc = cols } else { cBase = y.data + (first + seg) * cout * ohw; ldc = ohw }
+                let cTile = cBase + r0 * ldc + c0
+                if let bias {
+                    for i in 0..<m { (cTile + i * ldc).update(repeating: bias[r0 + i], count: n) }
+                }
+                sgemm(m: m, n: n, k: kk, a: weight.pointer + r0 * kk, lda: kk, b: b + seg * ohw + c0, ldb: col == nil ? ohw : cols,
+                      beta: bias == nil ? 0 : 1, c: cTile, ldc: ldc)
             }
-            blasThreads(threads)
-            sgemm(m: cout, n: cols, k: kk, a: weight.pointer, lda: kk, b: b, ldb: cols,
-                  beta: bias == nil ? 0 : 1, c: c, ldc: cols)
             if let staging {
                 parallelFor(cout * images, threads: threads) { job in
                     let img = job / cout, co = job % cout

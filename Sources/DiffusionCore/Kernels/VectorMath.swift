@@ -3,7 +3,10 @@
 @inline(__always)
 func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
     let x = x.clamped(lowerBound: SIMD16(repeating: -87.3), upperBound: SIMD16(repeating: 88.3))
-    let n = (x * 1.442_695_04).rounded(.toNearestOrEven)
+    // Adding 1.5 * 2^23 rounds x log2(e) to an integer held in the low mantissa bits.
+    let magic: Float = 12_582_912
+    let shifted = x * 1.442_695_04 + magic
+    let n = shifted - magic
     // r = x - n ln2, with ln2 split in two so the product is exact enough
     var r = x - n * 0.693_359_375
     r = r + n * 2.121_944_40e-4
@@ -13,9 +16,9 @@ func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
     p = p * r + 4.166_579_59e-2
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_12e-1
-    let r2 = r * r
-    let e = p * r2 + r + 1
-    let bits = SIMD16<Int32>(truncatingIfNeeded: SIMD16<Int32>(n) &+ 127) &<< 23
+    let e = p * (r * r) + r + 1
+    // 2^n: n + 127 into the exponent field
+    let bits = (unsafeBitCast(shifted, to: SIMD16<UInt32>.self) &- magic.bitPattern &+ 127) &<< 23
     return e * unsafeBitCast(bits, to: SIMD16<Float>.self)
 }
 

@@ -1,0 +1,219 @@
+import ArgumentParser
+import DiffusionCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The default model: $DIFFUSION_MODEL, the installed copy next to the executable
+/// (PREFIX/bin/diffusion -> PREFIX/share/diffusion/models/digits), or this source tree's.
+func defaultModelPath() -> String {
+    if let env = getenv("DIFFUSION_MODEL") { return String(cString: env) }
+    var exe = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &exe, exe.count - 1)
+    if n > 0 {
+        let bin = String(decoding: exe[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let prefix = bin.split(separator: "/", omittingEmptySubsequences: false).dropLast(2).joined(separator: "/")
+        let installed = "\(prefix)/share/diffusion/models/digits"
+        if access(installed + "/config.json", R_OK) == 0 { return installed }
+    }
+    let source = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
+    return "\(source)/models/digits"
+}
+
+struct ModelOption: ParsableArguments {
+    @Option(help: "Model folder (diffusers layout). Default: the shipped digits model.")
+    var model: String?
+
+    @Option(help: "Threads for the network (default: all cores).")
+    var threads: Int = 0
+
+    func load() throws -> DiffusionModel {
+        try DiffusionModel(path: model ?? defaultModelPath(), threads: threads)
+    }
+}
+
+@main
+struct DiffusionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "diffusion",
+        abstract: "Generate images with diffusion models on the CPU (libdiffusion).",
+        subcommands: [Generate.self, Info.self],
+        defaultSubcommand: Generate.self)
+
+    /// One clear line on stderr and a non-zero exit for library errors.
+    static func fail(_ e: DiffusionError) -> Never {
+        fputs("diffusion: error: \(e.message)\n", stderr)
+        Glibc.exit(1)
+    }
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print what the library understood of a model.")
+    @OptionGroup var modelOption: ModelOption
+
+    func run() throws {
+        do {
+            let m = try modelOption.load()
+            let c = m.config
+            print("model:       \(modelOption.model ?? defaultModelPath())")
+            print("network:     UNet2DModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(c.blockOutChannels)")
+            print("sample size: \(c.sampleHeight.map(String.init) ?? "none") x \(c.sampleWidth.map(String.init) ?? "none")")
+            print("classes:     \(c.numClassEmbeds.map(String.init) ?? "none")" +
+                  (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? ""))
+            print("scheduler:   \(m.defaultScheduler)")
+            print("config:      \(m.configJSON)")
+        } catch let e as DiffusionError { DiffusionCommand.fail(e) }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate a grid of images and write it as a PNG.")
+    @OptionGroup var modelOption: ModelOption
+
+    @Option(name: .customLong("class"),
+            help: "Class label for a class-conditional model, or \"all\" for one row per class.")
+    var classLabel: String?
+
+    @Option(help: "Classifier-free guidance scale (1 = none).")
+    var guidance: Float = 1
+
+    @Option(help: "Sampler: ddpm or ddim (default: the model's).")
+    var scheduler: String?
+
+    @Option(help: "Inference steps (default: ddpm all training steps, ddim 50).")
+    var steps: Int = 0
+
+    @Option(help: "Random seed (torch.manual_seed compatible).")
+    var seed: UInt64 = 0
+
+    @Option(help: "Images (per class with --class all).")
+    var count: Int = 16
+
+    @Option(help: "DDIM eta.")
+    var eta: Float = 0
+
+    @Option(help: "Pixel scale of the PNG (default: images at least 64 pixels tall).")
+    var scale: Int = 0
+
+    @Option(help: "Output PNG file.")
+    var output: String = "out.png"
+
+    func validate() throws {
+        guard count >= 1 && count <= 4096 else { throw ValidationError("--count must be between 1 and 4096") }
+        guard steps >= 0 else { throw ValidationError("--steps must be positive") }
+        guard scale >= 0 && scale <= 64 else { throw ValidationError("--scale must be between 1 and 64") }
+    }
+
+    func run() throws {
+        do { try generate() } catch let e as DiffusionError { DiffusionCommand.fail(e) }
+    }
+
+    func generate() throws {
+        let model = try modelOption.load()
+        let config = model.config
+        // Labels per image, and the number of grid rows.
+        var labels: [Int]? = nil
+        var rows = Int(Double(count).squareRoot().rounded(.up))
+        var columns = (count + rows - 1) / rows
+        var batch = count
+        if let c = classLabel {
+            guard let classes = config.numClassEmbeds else {
+                throw DiffusionError(.invalidArgument, "--class: this model is not class-conditional")
+            }
+            let real = config.nullClassLabel.map { classes - ($0 == classes - 1 ? 1 : 0) } ?? classes
+            if c == "all" {
+                labels = (0..<real).flatMap { [Int](repeating: $0, count: count) }
+                rows = real
+                columns = count
+                batch = real * count
+            } else if let l = Int(c), l >= 0, l < classes {
+                labels = [l]
+            } else {
+                throw DiffusionError(.invalidArgument, "--class \(c) is not a label in [0, \(classes)) or \"all\"")
+            }
+        } else if config.numClassEmbeds != nil, guidance != 1 {
+            throw DiffusionError(.invalidArgument, "--guidance needs --class")
+        }
+
+        var p = SamplerParams()
+        p.scheduler = scheduler
+        p.steps = steps
+        p.seed = seed
+        p.batch = batch
+        p.eta = eta
+        let sampler = try Sampler(model: model, params: p)
+        if let labels { try sampler.setClassLabels(labels) }
+        try sampler.setGuidanceScale(guidance)
+
+        let tty = isatty(STDERR_FILENO) != 0
+        let start = monotonicSeconds()
+        try sampler.run { step, total, _ in
+            if tty {
+                let width = 30, filled = width * step / total
+                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+                fputs("\r[\(bar)] \(step)/\(total)", stderr)
+                if step == total { fputs("\n", stderr) }
+            }
+            return true
+        }
+        let seconds = monotonicSeconds() - start
+
+        var pixels = [UInt8](repeating: 0, count: sampler.count)
+        pixels.withUnsafeMutableBufferPointer { sampler.images(into: $0.baseAddress!) }
+        let channels = sampler.channels == 1 || sampler.channels == 3 ? sampler.channels : 1
+        let s = scale > 0 ? scale : max(1, (64 + sampler.height - 1) / sampler.height)
+        let grid = Grid(rows: rows, columns: columns, height: sampler.height, width: sampler.width,
+                        channels: channels, scale: s)
+        let image = grid.compose(pixels, batch: batch, sourceChannels: sampler.channels)
+        try write(PNG.encode(pixels: image, width: grid.pixelWidth, height: grid.pixelHeight, channels: channels),
+                  to: output)
+        print("wrote \(output) (\(batch) images, \(rows)x\(columns) grid, \(sampler.totalSteps) steps, " +
+              "\(format2(seconds)) s)")
+    }
+}
+
+/// Images laid out row by row with a 2-pixel gap, each scaled up by nearest neighbour.
+struct Grid {
+    let rows: Int, columns: Int, height: Int, width: Int, channels: Int, scale: Int
+    let gap = 2
+    var pixelWidth: Int { columns * width * scale + (columns + 1) * gap }
+    var pixelHeight: Int { rows * height * scale + (rows + 1) * gap }
+
+    func compose(_ nhwc: [UInt8], batch: Int, sourceChannels: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 255, count: pixelWidth * pixelHeight * channels)
+        for i in 0..<min(batch, rows * columns) {
+            let r = i / columns, c = i % columns
+            let x0 = gap + c * (width * scale + gap), y0 = gap + r * (height * scale + gap)
+            for y in 0..<(height * scale) {
+                for x in 0..<(width * scale) {
+                    let src = ((i * height + y / scale) * width + x / scale) * sourceChannels
+                    let dst = ((y0 + y) * pixelWidth + x0 + x) * channels
+                    for ch in 0..<channels { out[dst + ch] = nhwc[src + ch] }
+                }
+            }
+        }
+        return out
+    }
+}
+
+func write(_ bytes: [UInt8], to path: String) throws {
+    guard let f = fopen(path, "wb") else {
+        throw DiffusionError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(f) }
+    guard bytes.withUnsafeBytes({ fwrite($0.baseAddress, 1, $0.count, f) }) == bytes.count else {
+        throw DiffusionError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func format2(_ x: Double) -> String {
+    let hundredths = Int((x * 100).rounded())
+    let frac = hundredths % 100
+    return "\(hundredths / 100).\(frac < 10 ? "0" : "")\(frac)"
+}

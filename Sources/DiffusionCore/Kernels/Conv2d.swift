@@ -103,16 +103,18 @@ public struct Conv2d {
                     let dst = row + oy * ow
                     let iy = oy * stride - padTop + ky
                     guard iy >= 0 && iy < h else {
-                        dst.update(repeating: 0, count: ow)
+                        for ox in 0..<ow { dst[ox] = 0 }
                         continue
                     }
                     let line = plane + iy * w
                     if stride == 1 {
-                        // ix = ox - padLeft + kx is inside [0, w) for ox in [lo, hi): one contiguous copy.
+                        // ix = ox - padLeft + kx is inside [0, w) for ox in [lo, hi): one contiguous
+                        // copy (plain loops: rows are often too short for memcpy calls to pay).
                         let lo = min(ow, max(0, padLeft - kx)), hi = max(lo, min(ow, w + padLeft - kx))
-                        if lo > 0 { dst.update(repeating: 0, count: lo) }
-                        if hi > lo { (dst + lo).update(from: line + (lo - padLeft + kx), count: hi - lo) }
-                        if hi < ow { (dst + hi).update(repeating: 0, count: ow - hi) }
+                        for ox in 0..<lo { dst[ox] = 0 }
+                        let src = line + (kx - padLeft)
+                        for ox in lo..<hi { dst[ox] = src[ox] }
+                        for ox in hi..<ow { dst[ox] = 0 }
                     } else {
                         for ox in 0..<ow {
                             let ix = ox * stride - padLeft + kx

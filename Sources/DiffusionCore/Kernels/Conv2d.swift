@@ -60,7 +60,10 @@ public struct Conv2d {
             // group when staging. Fixed sizes, so any thread count computes identical bytes.
             let segments = perImage ? images : 1
             let segmentCols = perImage ? ohw : cols
-            let colTile = 1024
+            // Split columns before rows: every row block re-packs B, every column block only
+            // re-packs the (smaller) weight panel.
+            let wanted = max(1, 4 / segments)
+            let colTile = min(1024, max(128, (segmentCols / wanted + 63) / 64 * 64))
             let colTiles = (segmentCols + colTile - 1) / colTile
             var rowSplit = 1
             while segments * colTiles * rowSplit < 4 && cout / (rowSplit * 2) >= 32 { rowSplit *= 2 }

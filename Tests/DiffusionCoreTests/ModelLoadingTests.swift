@@ -3,11 +3,21 @@ import Testing
 import DiffusionCore
 
 /// Model folders, pipeline folders, and configs the library must refuse with a named reason.
-@Suite struct ModelLoadingTests {
+@Suite final class ModelLoadingTests {
+    /// Every folder a test makes, removed when the test ends.
+    var made: [String] = []
+    deinit { for path in made { try? FileManager.default.removeItem(atPath: path) } }
+
+    func temporaryFolder(_ prefix: String) -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+        made.append(path)
+        return path
+    }
+
     /// A temp copy of a fixture model folder whose config.json is edited by `edit`.
     func folder(from fixture: String = "plain", edit: (inout [String: Any]) -> Void = { _ in },
                 configText: String? = nil) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dm-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: temporaryFolder("dm"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let src = Fixtures.root.appendingPathComponent("unet/\(fixture)")
         try FileManager.default.copyItem(at: src.appendingPathComponent("diffusion_pytorch_model.safetensors"),
@@ -79,7 +89,7 @@ import DiffusionCore
 
     @Test func loadsPipelineFolderAndReportsConfig() throws {
         let model = try folder(from: "cifar_small_legacy")
-        let pipeline = FileManager.default.temporaryDirectory.appendingPathComponent("dp-\(UUID().uuidString)").path
+        let pipeline = temporaryFolder("dp")
         try FileManager.default.createDirectory(atPath: pipeline + "/scheduler", withIntermediateDirectories: true)
         try FileManager.default.moveItem(atPath: model, toPath: pipeline + "/unet")
         try #"{"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#
@@ -103,7 +113,7 @@ import DiffusionCore
         #expect(s.scheduler.timesteps.count == 50)
         #expect(s.scheduler.timesteps.first == 490)
 
-        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("de-\(UUID().uuidString)").path
+        let empty = temporaryFolder("de")
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
         try "{}".write(toFile: empty + "/model_index.json", atomically: true, encoding: .utf8)
         expectError(.io, ["no unet/ folder"]) { _ = try DiffusionModel(path: empty, threads: 1) }

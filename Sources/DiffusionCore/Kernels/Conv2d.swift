@@ -92,41 +92,55 @@ public struct Conv2d {
         return y
     }
 
-    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy, ox)] (row stride ld) = x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx],
-    /// zero outside the image.
+    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy, ox)] (row stride ld) =
+    /// x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx], zero outside the image.
+    /// The plane is first copied into a zero-padded buffer, so every row is a plain strided copy.
     @inline(__always)
     private func im2col(_ x: Tensor, image img: Int, channel ci: Int, oh: Int, ow: Int,
                         into col: UnsafeMutablePointer<Float>, ld: Int) {
         let h = x.h, w = x.w
         let plane = x.data + (img * cin + ci) * h * w
-        var row = col + ci * kernel * kernel * ld
-        for ky in 0..<kernel {
-            for kx in 0..<kernel {
-                for oy in 0..<oh {
-                    let dst = row + oy * ow
-                    let iy = oy * stride - padTop + ky
-                    guard iy >= 0 && iy < h else {
-                        for ox in 0..<ow { dst[ox] = 0 }
-                        continue
-                    }
-                    let line = plane + iy * w
-                    if stride == 1 {
-                        // ix = ox - padLeft + kx is inside [0, w) for ox in [lo, hi): one contiguous
-                        // copy (plain loops: rows are often too short for memcpy calls to pay).
-                        let lo = min(ow, max(0, padLeft - kx)), hi = max(lo, min(ow, w + padLeft - kx))
-                        for ox in 0..<lo { dst[ox] = 0 }
-                        let src = line + (kx - padLeft)
-                        for ox in lo..<hi { dst[ox] = src[ox] }
-                        for ox in hi..<ow { dst[ox] = 0 }
-                    } else {
-                        for ox in 0..<ow {
-                            let ix = ox * stride - padLeft + kx
-                            dst[ox] = (ix >= 0 && ix < w) ? line[ix] : 0
+        let ph = h + padTop + padBottom, pw = w + padLeft + padRight
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: ph * pw) { buffer in
+            let padded = buffer.baseAddress!
+            padded.update(repeating: 0, count: ph * pw)
+            for y in 0..<h { (padded + (y + padTop) * pw + padLeft).update(from: plane + y * w, count: w) }
+            var row = col + ci * kernel * kernel * ld
+            for ky in 0..<kernel {
+                for kx in 0..<kernel {
+                    for oy in 0..<oh {
+                        let src = padded + (oy * stride + ky) * pw + kx
+                        let dst = row + oy * ow
+                        if stride == 1 {
+                            copyShortRow(dst, src, count: ow)
+                        } else {
+                            for ox in 0..<ow { dst[ox] = src[ox * stride] }
                         }
                     }
+                    row += ld
                 }
-                row += ld
             }
         }
     }
+}
+
+/// dst[0..<count] = src[0..<count] for rows of a few to a few hundred floats: vector moves
+/// without a call, since im2col copies millions of short rows.
+@inline(__always)
+func copyShortRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int) {
+    let d = UnsafeMutableRawPointer(dst), s = UnsafeRawPointer(src)
+    var i = 0
+    while i + 16 <= count {
+        d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self), toByteOffset: 4 * i, as: SIMD16<Float>.self)
+        i += 16
+    }
+    if i + 8 <= count {
+        d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    if i + 4 <= count {
+        d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * i, as: SIMD4<Float>.self), toByteOffset: 4 * i, as: SIMD4<Float>.self)
+        i += 4
+    }
+    while i < count { dst[i] = src[i]; i += 1 }
 }

@@ -1,8 +1,12 @@
 /*
  * generate — make images with libdiffusion and save them as one PNG grid.
  *
- *     generate --model DIR [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]
- *              [--eta X] [--output FILE.png]
+ *     generate [--model DIR] [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]
+ *              [--eta X] [--class K] [--guidance G] [--output FILE.png]
+ *
+ * --model defaults to models/digits (the shipped digits model, from the source tree's root).
+ * For a class-conditional model, --class picks the class (default: 0, 1, 2, ... across the
+ * batch) and --guidance sets classifier-free guidance (1 = none).
  *
  * Build (see README.md):
  *     cc -std=c11 -Wall generate.c $(pkg-config --cflags --libs diffusion) -lz -o generate
@@ -24,19 +28,21 @@
 /* ---- Command line ------------------------------------------------------------------------ */
 
 typedef struct {
-    const char *model;      /* required */
+    const char *model;      /* default models/digits */
     const char *scheduler;  /* NULL: the model's own (scheduler_config.json), else ddpm */
     int32_t steps;          /* 0: the scheduler's default */
     uint64_t seed;
     int32_t count;          /* images, generated as one batch */
     float eta;              /* ddim only */
+    int32_t class_label;    /* -1: one class per image in turn */
+    float guidance;         /* 1: no guidance */
     const char *output;
 } options;
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s --model DIR [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]\n"
-            "          [--eta X] [--output FILE.png]\n",
+            "usage: %s [--model DIR] [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]\n"
+            "          [--eta X] [--class K] [--guidance G] [--output FILE.png]\n",
             argv0);
     exit(2);
 }
@@ -54,7 +60,7 @@ static long long parse_int(const char *flag, const char *text, long long min, lo
 }
 
 static options parse_options(int argc, char **argv) {
-    options o = {.count = 1, .output = "out.png"};
+    options o = {.model = "models/digits", .count = 1, .class_label = -1, .guidance = 1, .output = "out.png"};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "-h") == 0 || strcmp(flag, "--help") == 0) usage(argv[0]);
@@ -77,6 +83,15 @@ static options parse_options(int argc, char **argv) {
                 fprintf(stderr, "error: --eta needs a number, got \"%s\"\n", value);
                 exit(2);
             }
+        } else if (strcmp(flag, "--class") == 0) {
+            o.class_label = (int32_t)parse_int(flag, value, 0, INT32_MAX);
+        } else if (strcmp(flag, "--guidance") == 0) {
+            char *end;
+            o.guidance = strtof(value, &end);
+            if (end == value || *end != '\0') {
+                fprintf(stderr, "error: --guidance needs a number, got \"%s\"\n", value);
+                exit(2);
+            }
         } else if (strcmp(flag, "--output") == 0) {
             o.output = value;
         } else {
@@ -84,7 +99,6 @@ static options parse_options(int argc, char **argv) {
             usage(argv[0]);
         }
     }
-    if (!o.model) usage(argv[0]);
     return o;
 }
 
@@ -185,6 +199,23 @@ int main(int argc, char **argv) {
     sp.eta = opt.eta;
     diffusion_sampler *sampler;
     check(diffusion_sampler_create(model, &sp, &sampler));
+
+    /* A class-conditional model: labels per image, and guidance if asked (the model must have an
+       unconditional class for guidance; the library says so if it has none). */
+    diffusion_model_info info = {.struct_size = sizeof info};
+    check(diffusion_model_get_info(model, &info));
+    if (info.num_class_embeds > 0) {
+        int32_t classes = info.null_class_label >= 0 ? info.null_class_label : info.num_class_embeds;
+        int32_t *labels = malloc(sizeof *labels * (size_t)opt.count);
+        if (!labels) {
+            fprintf(stderr, "error: out of memory\n");
+            return 1;
+        }
+        for (int32_t i = 0; i < opt.count; i++) labels[i] = opt.class_label >= 0 ? opt.class_label : i % classes;
+        check(diffusion_sampler_set_class_label(sampler, labels, opt.count));
+        free(labels);
+    }
+    if (opt.guidance != 1) check(diffusion_sampler_set_guidance_scale(sampler, opt.guidance));
 
     /* 3. Run every step, with a progress line when stderr is a terminal. */
     check(diffusion_sampler_run(sampler, isatty(STDERR_FILENO) ? show_progress : NULL, NULL));

@@ -200,7 +200,13 @@ diffusion_status diffusion_sampler_create(const diffusion_model *model,
 void diffusion_sampler_free(diffusion_sampler *sampler);
 
 /* Classifier-free guidance: eps = eps_uncond + scale * (eps_cond - eps_uncond); 1 (the default)
- * means no guidance. A scale other than 1 on a model without an unconditional input returns
+ * means no guidance. The conditional and unconditional inputs go through the network as one batch
+ * of two.
+ * The unconditional input: a class-conditional model has one when its config.json names the label
+ * it was trained on as "no class" (label dropout) in the key "_null_class_label" (libdiffusion's
+ * convention; diffusers ignores keys starting with "_"). The shipped digits model uses
+ * num_class_embeds 11 with _null_class_label 10. diffusion_model_info.null_class_label reports it.
+ * A scale other than 1 on a model without an unconditional input returns
  * DIFFUSION_ERROR_NO_UNCONDITIONAL. */
 diffusion_status diffusion_sampler_set_guidance_scale(diffusion_sampler *sampler, float scale);
 

@@ -32,7 +32,11 @@ echo "profile: libdiffusion forward, batch $batch, $threads threads, ~$seconds s
 OPENBLAS_NUM_THREADS=1 perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,32768 -o "$work/perf.data" -- \
     "$venv/bin/python" "$here/bench_unet.py" --child libdiffusion --work "$work" --threads "$threads" \
     --batches "$batch" --seconds "$seconds"
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["batches"][sys.argv[2]]; print(f"median {r[\"median_ms\"]:.1f} ms, min {r[\"min_ms\"]:.1f} ms over {r[\"reps\"]} reps (under perf), other load {100*r[\"other_load\"]:.0f}%")' \
-    "$work/result_libdiffusion.json" "$batch"
+"$venv/bin/python" - "$work/result_libdiffusion.json" "$batch" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["batches"][sys.argv[2]]
+print(f"median {r['median_ms']:.1f} ms, min {r['min_ms']:.1f} ms over {r['reps']} reps (under perf), "
+      f"other load {100 * r['other_load']:.0f}%")
+PY
 perf script -i "$work/perf.data" 2>/dev/null > "$work/perf.txt"
 "$venv/bin/python" "$here/perf_breakdown.py" "$work/perf.txt" --json "$here/profile.json"

@@ -131,7 +131,9 @@ def main() -> int:
     order = sorted(range(len(main_times)), key=main_times.__getitem__)
     main_times = [main_times[i] for i in order]
     main_blocks = [main_blocks[i] for i in order]
+    on_caller = collections.Counter()
     for tid, t, frames, block in inside:
+        caller = block is not None
         if block is None:
             i = bisect.bisect_left(main_times, t)
             near = [j for j in (i - 1, i) if 0 <= j < len(main_times)]
@@ -139,6 +141,7 @@ def main() -> int:
         total += 1
         kernel = classify(frames, block)
         kernels[kernel] += 1
+        on_caller[kernel] += caller
         blocks[block] += 1
         by_block_kernel[(block, kernel)] += 1
         leaves[f"{frames[0][0][:70]} [{frames[0][1].rsplit('/', 1)[-1]}]"] += 1
@@ -147,9 +150,14 @@ def main() -> int:
         print("no samples inside diffusion_model_predict", file=sys.stderr)
         return 1
     print(f"{total} samples inside the forward ({outside} outside it: load, Python, idle threads)\n")
-    print(f"{'kernel':<52} {'share':>7}")
+    threads = len({tid for tid, *_ in inside})
+    print(f"{'kernel':<52} {'share':>7} {'on calling thread':>18}")
     for k, n in kernels.most_common():
-        print(f"{k:<52} {100 * n / total:>6.1f}%")
+        print(f"{k:<52} {100 * n / total:>6.1f}% {100 * on_caller[k] / n:>17.0f}%")
+    caller_total = sum(on_caller.values())
+    print(f"(on calling thread: share of that kernel's samples taken on the thread that called predict; "
+          f"with 2 busy threads an evenly parallel kernel shows ~50%, a serial one 100%. Overall "
+          f"{100 * caller_total / total:.0f}%, {threads} threads seen)")
     print(f"\n{'block':<52} {'share':>7}")
     for k, n in blocks.most_common():
         print(f"{k:<52} {100 * n / total:>6.1f}%")
@@ -163,6 +171,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"samples": total,
                        "kernels": {k: n / total for k, n in kernels.most_common()},
+                       "kernels_on_calling_thread": {k: on_caller[k] / n for k, n in kernels.most_common()},
                        "blocks": {k: n / total for k, n in blocks.most_common()},
                        "leaves": {k: n / total for k, n in leaves.most_common(40)}}, f, indent=2)
     return 0

@@ -15,7 +15,7 @@ venv="${BENCH_VENV:-$here/.venv}"
 batch="${PROFILE_BATCH:-8}"
 seconds="${PROFILE_SECONDS:-15}"
 threads="${BENCH_THREADS:-2}"
-freq="${PROFILE_FREQ:-250}"
+freq="${PROFILE_FREQ:-99}"
 export DIFFUSION_LIBRARY="${DIFFUSION_LIBRARY:-$root/.build/release/libdiffusion.so}"
 
 command -v perf >/dev/null || { echo "profile: perf not found (apt-get install linux-perf)" >&2; exit 1; }
@@ -29,7 +29,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$root"
 "$venv/bin/python" "$here/bench_unet.py" --save-model "$work" --batches "$batch" >/dev/null
 echo "profile: libdiffusion forward, batch $batch, $threads threads, ~$seconds s under perf record" >&2
-OPENBLAS_NUM_THREADS=1 perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,32768 -o "$work/perf.data" -- \
+perf record -q -e cpu-clock -F "$freq" --call-graph dwarf,16384 -o "$work/perf.data" -- \
     "$venv/bin/python" "$here/bench_unet.py" --child libdiffusion --work "$work" --threads "$threads" \
     --batches "$batch" --seconds "$seconds"
 "$venv/bin/python" - "$work/result_libdiffusion.json" "$batch" <<'PY'

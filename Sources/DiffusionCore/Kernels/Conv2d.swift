@@ -62,7 +62,7 @@ public struct Conv2d {
             let segmentCols = perImage ? ohw : cols
             // Split columns before rows: every row block re-packs B, every column block only
             // re-packs the (smaller) weight panel.
-            let wanted = max(1, 4 / segments)
+            let wanted = max(2, 4 / segments)  // at least two per image: groups of 3 images balance on 2 threads
             let colTile = min(1024, max(128, (segmentCols / wanted + 63) / 64 * 64))
             let colTiles = (segmentCols + colTile - 1) / colTile
             var rowSplit = 1

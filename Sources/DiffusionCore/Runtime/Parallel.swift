@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,7 +7,8 @@ import Glibc
 /// Runs `body(i)` for every i in 0..<count on up to `threads` threads.
 ///
 /// Work is split by index, never by thread: each index is computed by exactly one call, so the
-/// result does not depend on the thread count (DESIGN.md §3, determinism).
+/// result does not depend on the thread count (DESIGN.md §3, determinism). Workers take the next
+/// index from a shared counter, so uneven indices do not leave a thread idle at the end.
 @inline(__always)
 func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
     let workers = min(max(threads, 1), count)
@@ -14,11 +16,12 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
         for i in 0..<count { body(i) }
         return
     }
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
-        var i = w
-        while i < count {
+    let next = Atomic<Int>(0)
+    DispatchQueue.concurrentPerform(iterations: workers) { _ in
+        while true {
+            let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            if i >= count { break }
             body(i)
-            i += workers
         }
     }
 }

@@ -32,11 +32,8 @@ public struct DDIMScheduler: Scheduler {
         let betaProdPrev = 1 - alphaProdPrev
         // 3. predicted x0, 4. clipped or thresholded (eps stays the model's)
         let x0 = predOriginal ?? prev
-        for i in 0..<count {
-            x0[i] = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
-                                    alphaProd: alphaProd, betaProd: betaProd).x0
-        }
-        config.limitPredictedOriginal(x0, count: count, batch: batch)
+        config.predictOriginal(modelOutput: modelOutput, sample: sample, count: count, batch: batch,
+                               alphaProd: alphaProd, betaProd: betaProd, into: x0)
         // 5. σ_t(η) = η sqrt((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_{t-1})
         let variance = (betaProdPrev / betaProd) * (1 - alphaProd / alphaProdPrev)
         let std = eta * variance.squareRoot()

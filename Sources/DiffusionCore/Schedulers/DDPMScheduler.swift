@@ -34,11 +34,8 @@ public struct DDPMScheduler: Scheduler {
         let currentBeta = 1 - currentAlpha
         // 2. predicted x0, 3. clipped or thresholded
         let x0 = predOriginal ?? prev
-        for i in 0..<count {
-            x0[i] = predictOriginal(config.predictionType, modelOutput: modelOutput[i], sample: sample[i],
-                                    alphaProd: alphaProd, betaProd: betaProd).x0
-        }
-        config.limitPredictedOriginal(x0, count: count, batch: batch)
+        config.predictOriginal(modelOutput: modelOutput, sample: sample, count: count, batch: batch,
+                               alphaProd: alphaProd, betaProd: betaProd, into: x0)
         // 4. coefficients of x0 and x_t in the posterior mean μ̃_t (formula 7 of the DDPM paper)
         let x0Coeff = (alphaProdPrev.squareRoot() * currentBeta) / betaProd
         let sampleCoeff = currentAlpha.squareRoot() * betaProdPrev / betaProd

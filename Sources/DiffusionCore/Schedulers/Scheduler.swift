@@ -29,6 +29,17 @@ func predictOriginal(_ type: SchedulerConfig.PredictionType, modelOutput m: Floa
 }
 
 extension SchedulerConfig {
+    /// x0 for every element from the model output (steps 2–3 of diffusers' step): predicted,
+    /// then clipped or thresholded.
+    func predictOriginal(modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>, count: Int, batch: Int,
+                         alphaProd: Float, betaProd: Float, into x0: UnsafeMutablePointer<Float>) {
+        for i in 0..<count {
+            x0[i] = DiffusionCore.predictOriginal(predictionType, modelOutput: modelOutput[i], sample: sample[i],
+                                                  alphaProd: alphaProd, betaProd: betaProd).x0
+        }
+        limitPredictedOriginal(x0, count: count, batch: batch)
+    }
+
     /// Clips or dynamically thresholds predicted x0 in place (thresholding wins, as in diffusers).
     func limitPredictedOriginal(_ x0: UnsafeMutablePointer<Float>, count: Int, batch: Int) {
         if thresholding {

@@ -16,12 +16,14 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
         for i in 0..<count { body(i) }
         return
     }
+    // Indices go out in chunks (about 16 per worker) so tiny bodies do not fight over the counter.
+    let chunk = max(1, count / (workers * 16))
     let next = Atomic<Int>(0)
     DispatchQueue.concurrentPerform(iterations: workers) { _ in
         while true {
-            let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
-            if i >= count { break }
-            body(i)
+            let start = next.wrappingAdd(chunk, ordering: .relaxed).oldValue
+            if start >= count { break }
+            for i in start..<min(count, start + chunk) { body(i) }
         }
     }
 }

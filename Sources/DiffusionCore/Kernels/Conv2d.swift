@@ -1,14 +1,30 @@
-/// A 2-D convolution layer's parameters: weight [cout, cin, k, k] stored as [cout, cin*k*k].
+/// A 2-D convolution layer's parameters: weight [cout, cin, k, k] stored as rows of `lda` floats,
+/// [cin*k*k weights, bias]: the bias rides in the GEMM as one more column, against a row of ones
+/// under the im2col matrix, so C needs no bias fill and is never read back.
 public struct Conv2d {
     public let weight: FloatBuffer
     public let bias: FloatBuffer?
+    let lda: Int
     public let cin: Int, cout: Int, kernel: Int, stride: Int
     /// Zero padding on each side (top, left, bottom, right).
     public let padTop: Int, padLeft: Int, padBottom: Int, padRight: Int
 
     public init(weight: FloatBuffer, bias: FloatBuffer?, cin: Int, cout: Int, kernel: Int, stride: Int = 1,
                 padTop: Int, padLeft: Int, padBottom: Int, padRight: Int) {
-        self.weight = weight; self.bias = bias
+        let kk = cin * kernel * kernel
+        if let bias {
+            let augmented = FloatBuffer(count: cout * (kk + 1))
+            for co in 0..<cout {
+                (augmented.pointer + co * (kk + 1)).update(from: weight.pointer + co * kk, count: kk)
+                augmented.pointer[co * (kk + 1) + kk] = bias.pointer[co]
+            }
+            self.weight = augmented
+            lda = kk + 1
+        } else {
+            self.weight = weight
+            lda = kk
+        }
+        self.bias = bias
         self.cin = cin; self.cout = cout; self.kernel = kernel; self.stride = stride
         self.padTop = padTop; self.padLeft = padLeft; self.padBottom = padBottom; self.padRight = padRight
     }
@@ -32,11 +48,14 @@ public struct Conv2d {
         // never spans two images); small ones (late, low-resolution layers) share tiles through a
         // staging buffer so their GEMMs are not tiny.
         let group = max(1, min(x.n, (16 << 20) / max(1, kk * ohw * 4)))
-        let perImage = ohw >= 256 || group == 1
-        let col = direct && group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: kk * ohw * group)
+        let perImage = ohw >= 1024 || group == 1
+        // B's rows: kk, plus the row of ones that multiplies the bias column
+        let rows = bias == nil ? kk : kk + 1
+        let col = direct && group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * ohw * group)
         let staging = perImage ? nil : UnsafeMutablePointer<Float>.allocate(capacity: cout * ohw * group)
         defer { col?.deallocate(); staging?.deallocate() }
         let bias = self.bias?.pointer
+        let lda = self.lda
         blasThreads(1)
         for first in Swift.stride(from: 0, to: x.n, by: group) {
             let images = min(group, x.n - first)
@@ -52,6 +71,7 @@ public struct Conv2d {
                         im2col(x, image: first + img, channel: ci, oh: oh, ow: ow, into: col + img * ohw, ld: cols)
                     }
                 }
+                if rows > kk { (col + kk * cols).update(repeating: 1, count: cols) }
                 b = UnsafePointer(col)
             } else {
                 b = UnsafePointer(x.data + first * cin * ihw)
@@ -76,11 +96,14 @@ public struct Conv2d {
                 let cBase: UnsafeMutablePointer<Float>, ldc: Int
                 if let staging { cBase = staging; ldc = cols } else { cBase = y.data + (first + seg) * cout * ohw; ldc = ohw }
                 let cTile = cBase + r0 * ldc + c0
-                if let bias {
+                // Without an im2col matrix (a 1x1 conv on one image) the bias is filled in first.
+                let fill = col == nil && bias != nil
+                if fill, let bias {
                     for i in 0..<m { (cTile + i * ldc).update(repeating: bias[r0 + i], count: n) }
                 }
-                sgemm(m: m, n: n, k: kk, a: weight.pointer + r0 * kk, lda: kk, b: b + seg * ohw + c0, ldb: col == nil ? ohw : cols,
-                      beta: bias == nil ? 0 : 1, c: cTile, ldc: ldc)
+                sgemm(m: m, n: n, k: fill ? kk : rows, a: weight.pointer + r0 * lda, lda: lda,
+                      b: b + seg * ohw + c0, ldb: col == nil ? ohw : cols,
+                      beta: fill ? 1 : 0, c: cTile, ldc: ldc)
             }
             if let staging {
                 parallelFor(cout * images, threads: threads) { job in

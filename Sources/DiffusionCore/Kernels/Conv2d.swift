@@ -13,7 +13,7 @@ public struct Conv2d {
                 padTop: Int, padLeft: Int, padBottom: Int, padRight: Int) {
         let kk = cin * kernel * kernel
         if let bias {
-            let augmented = FloatBuffer(count: cout * (kk + 1))
+            let augmented = FloatBuffer(count: cout * (kk + 1), pooled: false)
             for co in 0..<cout {
                 (augmented.pointer + co * (kk + 1)).update(from: weight.pointer + co * kk, count: kk)
                 augmented.pointer[co * (kk + 1) + kk] = bias.pointer[co]
@@ -51,9 +51,10 @@ public struct Conv2d {
         let perImage = ohw >= 1024 || group == 1
         // B's rows: kk, plus the row of ones that multiplies the bias column
         let rows = bias == nil ? kk : kk + 1
-        let col = direct && group == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: rows * ohw * group)
-        let staging = perImage ? nil : UnsafeMutablePointer<Float>.allocate(capacity: cout * ohw * group)
-        defer { col?.deallocate(); staging?.deallocate() }
+        let colBuffer = direct && group == 1 ? nil : FloatBuffer(count: rows * ohw * group)
+        let stagingBuffer = perImage ? nil : FloatBuffer(count: cout * ohw * group)
+        let col = colBuffer?.pointer, staging = stagingBuffer?.pointer
+        defer { withExtendedLifetime((colBuffer, stagingBuffer)) {} }
         let bias = self.bias?.pointer
         let lda = self.lda
         blasThreads(1)

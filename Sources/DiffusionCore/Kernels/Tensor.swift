@@ -1,30 +1,66 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
-/// Owned, 64-byte aligned float storage.
+/// Owned, 64-byte aligned float storage. Freed blocks go back to `BufferPool`, so the same
+/// sizes in the next network evaluation reuse memory instead of faulting in fresh pages.
 public final class FloatBuffer {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
+    private let bytes: Int
+    private let pooled: Bool
 
-    public init(count: Int) {
+    /// `pooled: false` for long-lived storage (weights), which goes straight back to the system.
+    public init(count: Int, pooled: Bool = true) {
         self.count = count
-        var raw: UnsafeMutableRawPointer?
-        let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        if posix_memalign(&raw, 64, (bytes + 63) & ~63) != 0 || raw == nil {
-            fatalError("libdiffusion: out of memory allocating \(bytes) bytes")
-        }
-        pointer = raw!.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.pooled = pooled
+        bytes = (max(count, 1) * MemoryLayout<Float>.stride + 63) & ~63
+        pointer = BufferPool.shared.take(bytes: bytes, reuse: pooled).bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
+    /// Long-lived storage holding `values`.
     public convenience init(_ values: [Float]) {
-        self.init(count: values.count)
+        self.init(count: values.count, pooled: false)
         values.withUnsafeBufferPointer { src in
             if let base = src.baseAddress { pointer.update(from: base, count: values.count) }
         }
     }
 
-    deinit { free(pointer) }
+    deinit {
+        if pooled { BufferPool.shared.give(UnsafeMutableRawPointer(pointer), bytes: bytes) } else { free(pointer) }
+    }
+}
+
+/// Free blocks by exact size, shared by the process (a network evaluation allocates the same
+/// sizes every time). Holds at most `limit` bytes; beyond that, blocks go back to the system.
+final class BufferPool: @unchecked Sendable {
+    static let shared = BufferPool()
+    private let lock = Mutex<(free: [Int: [UnsafeMutableRawPointer]], held: Int)>(([:], 0))
+    private let limit = 1 << 30
+
+    func take(bytes: Int, reuse: Bool) -> UnsafeMutableRawPointer {
+        if reuse, let p = lock.withLock({ state -> UnsafeMutableRawPointer? in
+            guard let p = state.free[bytes]?.popLast() else { return nil }
+            state.held -= bytes
+            return p
+        }) { return p }
+        var raw: UnsafeMutableRawPointer?
+        if posix_memalign(&raw, 64, bytes) != 0 || raw == nil {
+            fatalError("libdiffusion: out of memory allocating \(bytes) bytes")
+        }
+        return raw!
+    }
+
+    func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        let kept = lock.withLock { state -> Bool in
+            guard state.held + bytes <= limit else { return false }
+            state.free[bytes, default: []].append(p)
+            state.held += bytes
+            return true
+        }
+        if !kept { free(p) }
+    }
 }
 
 /// A float32 NCHW tensor. Value semantics are not provided: kernels write into fresh tensors.

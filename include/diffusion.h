@@ -37,6 +37,10 @@
  *
  * Ownership: what the library allocates, the library frees. Every *_free accepts NULL.
  *
+ * Memory: weights are held by their model. Activation buffers freed after a network evaluation are
+ * kept (process-wide, up to 1 GiB) and reused by later evaluations of the same shapes, so steady
+ * sampling does not fault in fresh pages; they are returned to the system only at process exit.
+ *
  * Parameter structs start with struct_size and are filled with defaults by their *_init
  * function; fields are only ever appended, so a program built against an older header keeps
  * working.

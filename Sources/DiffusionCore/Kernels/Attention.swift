@@ -15,7 +15,6 @@ func spatialAttention(q: Tensor, k: Tensor, v: Tensor, heads: Int, threads: Int)
     // same bytes.
     let rowBlock = 128
     let blocks = (tokens + rowBlock - 1) / rowBlock
-    blasThreads(1)
     parallelFor(q.n * heads * blocks, threads: threads) { job in
         let offset = (job / blocks) * d * tokens   // (img * c + head * d) * tokens
         let i0 = (job % blocks) * rowBlock, rows = min(rowBlock, tokens - i0)

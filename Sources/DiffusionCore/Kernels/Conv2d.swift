@@ -57,7 +57,6 @@ public struct Conv2d {
         defer { withExtendedLifetime((colBuffer, stagingBuffer)) {} }
         let bias = self.bias?.pointer
         let lda = self.lda
-        blasThreads(1)
         for first in Swift.stride(from: 0, to: x.n, by: group) {
             let images = min(group, x.n - first)
             let cols = images * ohw

@@ -2,13 +2,6 @@
 import Glibc
 #endif
 
-/// y = silu(x)
-func silu(_ x: Tensor) -> Tensor {
-    let y = Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
-    for i in 0..<x.count { y.data[i] = siluScalar(x.data[i]) }
-    return y
-}
-
 /// In place: x = (x + r) * scale
 func addScaled(_ x: Tensor, _ r: Tensor, scale: Float) {
     precondition(x.count == r.count)

@@ -1,8 +1,6 @@
 import CDiffusion
-import Synchronization
 
-/// Row-major C = alpha * op(A) * op(B) + beta * C through OpenBLAS. Call it from the thread that
-/// owns the work, never from inside `parallelFor` unless `blasThreads(1)` is in force.
+/// Row-major C = alpha * op(A) * op(B) + beta * C through single-threaded OpenBLAS.
 @inline(__always)
 func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
            alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
@@ -14,12 +12,6 @@ func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
-/// OpenBLAS's thread count (process-wide). GEMMs are the only work running while OpenBLAS
-/// threads: `parallelFor` regions never call a threaded GEMM. OpenBLAS splits a GEMM over rows
-/// and columns of C, never over K, so every element is summed in the same order whatever the
-/// thread count.
-@inline(__always)
-func blasThreads(_ n: Int) {
-    if lastBlasThreads.exchange(n, ordering: .relaxed) != n { openblas_set_num_threads(Int32(n)) }
-}
-private let lastBlasThreads = Atomic<Int>(0)
+/// OpenBLAS runs on the calling thread: parallelism comes from `parallelFor` over fixed tiles, so
+/// OpenBLAS's own threads would only spin beside ours.
+let blasSingleThreaded: Void = openblas_set_num_threads(1)

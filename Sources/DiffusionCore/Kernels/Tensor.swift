@@ -73,11 +73,6 @@ public struct Tensor {
         buffer = FloatBuffer(count: n * c * h * w)
     }
 
-    public init(n: Int, c: Int, h: Int, w: Int, zeroed: Bool) {
-        self.init(n: n, c: c, h: h, w: w)
-        if zeroed { buffer.pointer.update(repeating: 0, count: count) }
-    }
-
     public var count: Int { n * c * h * w }
     public var hw: Int { h * w }
     public var data: UnsafeMutablePointer<Float> { buffer.pointer }

@@ -131,6 +131,14 @@ public struct UNet2DConfig {
         }
     }
 
+    /// Refuses labels outside the class embedding's table.
+    public func checkClassLabels(_ labels: [Int]) throws {
+        guard let k = numClassEmbeds, classEmbedType == nil else { return }
+        for l in labels where l < 0 || l >= k {
+            throw DiffusionError(.invalidArgument, "class label \(l) is out of range [0, \(k))")
+        }
+    }
+
     public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
     public var hasClassEmbedding: Bool { classEmbedType == "timestep" || numClassEmbeds != nil }
 

@@ -105,11 +105,7 @@ public final class DiffusionModel {
                 throw DiffusionError(.invalidArgument, "this model is class-conditional: class labels are required")
             }
             guard labels.count == x.n else { throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(x.n)") }
-            if let k = config.numClassEmbeds, config.classEmbedType == nil {
-                for l in labels where l < 0 || l >= k {
-                    throw DiffusionError(.invalidArgument, "class label \(l) is out of range [0, \(k))")
-                }
-            }
+            try config.checkClassLabels(labels)
         } else if classLabels != nil {
             throw DiffusionError(.invalidArgument, "this model is not class-conditional: class labels must be NULL")
         }

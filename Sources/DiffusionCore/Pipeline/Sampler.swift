@@ -91,11 +91,7 @@ public final class Sampler {
         guard labels.count == 1 || labels.count == batch else {
             throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(batch) (give 1 or \(batch))")
         }
-        if let k = config.numClassEmbeds, config.classEmbedType == nil {
-            for l in labels where l < 0 || l >= k {
-                throw DiffusionError(.invalidArgument, "class label \(l) is out of range [0, \(k))")
-            }
-        }
+        try config.checkClassLabels(labels)
         classLabels = labels.count == 1 ? [Int](repeating: labels[0], count: batch) : labels
     }
 

@@ -10,17 +10,15 @@ import DiffusionCore
     func stepsMatchDiffusers(_ name: String) throws {
         let meta = try Fixtures.json("schedulers/\(name).json")
         let trace = try Fixtures.tensors("schedulers/\(name).safetensors")
-        var config = SchedulerConfig()
+        var config = SchedulerConfig(for: meta["scheduler"] as! String)
         let overrides = try JSONSerialization.data(withJSONObject: meta["overrides"] as! [String: Any])
         try config.apply(try JSONValue.parse(String(decoding: overrides, as: UTF8.self)))
         let steps = meta["steps"] as! Int
-        let scheduler: Scheduler
-        if meta["scheduler"] as! String == "ddim" {
-            scheduler = try DDIMScheduler(config: config, steps: steps, eta: Float(meta["eta"] as? Double ?? 0))
-        } else {
-            scheduler = try DDPMScheduler(config: config, steps: steps)
-        }
-        #expect(scheduler.timesteps == (meta["timesteps"] as! [Int]))
+        let ddim = meta["scheduler"] as! String == "ddim"
+        let eta = Float(meta["eta"] as? Double ?? 0)
+        let scheduler: Scheduler = ddim ? try DDIMScheduler(config: config, steps: steps, eta: eta)
+                                        : try DDPMScheduler(config: config, steps: steps)
+        #expect(scheduler.timesteps == (meta["timesteps"] as! [Int]).map(Float.init))
         let acp = try #require(trace["alphas_cumprod"]).values
         #expect(Fixtures.maxAbsDiff(config.alphasCumprod(), acp) <= 1e-6, "\(name): alphas_cumprod")
         let noiseUsed = meta["noise_used"] as! [Bool]
@@ -33,8 +31,13 @@ import DiffusionCore
             var x0 = prev
             prev.withUnsafeMutableBufferPointer { p in
                 x0.withUnsafeMutableBufferPointer { x in
-                    scheduler.step(index: i, modelOutput: output, sample: sample, noise: noise,
-                                   count: sample.count, batch: 1, prev: p.baseAddress!, predOriginal: x.baseAddress!)
+                    if let s = scheduler as? DDIMScheduler {
+                        s.step(index: i, modelOutput: output, sample: sample, noise: noise,
+                               count: sample.count, batch: 1, prev: p.baseAddress!, predOriginal: x.baseAddress!)
+                    } else if let s = scheduler as? DDPMScheduler {
+                        s.step(index: i, modelOutput: output, sample: sample, noise: noise,
+                               count: sample.count, batch: 1, prev: p.baseAddress!, predOriginal: x.baseAddress!)
+                    }
                 }
             }
             let expected = try #require(trace["prev_sample_\(i)"]).values

@@ -8,15 +8,13 @@ public final class DiffusionModel {
     public let unet: UNet2DModel
     /// scheduler_config.json as stored (nil if the folder has none).
     public let schedulerJSON: JSONValue?
-    /// "ddpm" or "ddim", from scheduler_config.json's _class_name; "ddpm" if absent.
+    /// The scheduler named by scheduler_config.json's _class_name; "ddpm" if absent.
     public let defaultScheduler: String
     public let threads: Int
     /// The configuration as understood: {"unet": {...}, "scheduler": {...}}.
     public let configJSON: String
 
     public var config: UNet2DConfig { unet.config }
-
-    static let schedulerNames = ["DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"]
 
     /// Loads a model folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json])
     /// or a pipeline folder (model_index.json + unet/ [+ scheduler/]).
@@ -55,17 +53,19 @@ public final class DiffusionModel {
             throw e.context(weightsPath)
         }
 
-        var scheduler = SchedulerConfig()
         var name = "ddpm"
+        var scheduler = SchedulerConfig(for: name)
         if FileIO.exists(schedulerPath) {
             let json = try FileIO.readJSON(schedulerPath)
-            do { try scheduler.apply(json) } catch let e as DiffusionError { throw e.context(schedulerPath) }
             if let cls = json["_class_name"]?.stringValue {
-                guard let n = DiffusionModel.schedulerNames[cls] else {
-                    throw DiffusionError(.unsupported, "\(schedulerPath): _class_name \"\(cls)\" is not supported (supported: DDPMScheduler, DDIMScheduler)")
+                guard let entry = SchedulerRegistry.entries.first(where: { $0.diffusersClass == cls }) else {
+                    let known = SchedulerRegistry.entries.map(\.diffusersClass).joined(separator: ", ")
+                    throw DiffusionError(.unsupported, "\(schedulerPath): _class_name \"\(cls)\" is not supported (supported: \(known))")
                 }
-                name = n
+                name = entry.name
+                scheduler = SchedulerConfig(for: name)
             }
+            do { try scheduler.apply(json) } catch let e as DiffusionError { throw e.context(schedulerPath) }
             schedulerJSON = json
         } else {
             schedulerJSON = nil
@@ -73,7 +73,8 @@ public final class DiffusionModel {
         defaultScheduler = name
         self.threads = threads > 0 ? threads : cpuCount()
         var schedulerOut = scheduler.json.objectValue ?? []
-        schedulerOut.insert(("_class_name", .string(name == "ddim" ? "DDIMScheduler" : "DDPMScheduler")), at: 0)
+        let className = SchedulerRegistry.entries.first { $0.name == name }!.diffusersClass
+        schedulerOut.insert(("_class_name", .string(className)), at: 0)
         configJSON = JSONValue.object([("unet", config.json), ("scheduler", .object(schedulerOut))]).serialized
     }
 

@@ -1,4 +1,7 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a caller asks of a sampler (the C struct diffusion_sampler_params, checked).
 public struct SamplerParams {
@@ -6,6 +9,8 @@ public struct SamplerParams {
     public var steps = 0
     public var seed: UInt64 = 0
     public var batch = 1
+    /// Needed without a model; with a model 0 or the model's in_channels.
+    public var channels = 0
     public var height = 0
     public var width = 0
     public var eta: Float = 0
@@ -13,26 +18,52 @@ public struct SamplerParams {
     public init() {}
 }
 
-/// One generation: start noise, scheduler, RNG and the current x_t. Used by one thread at a time;
-/// `cancel()` may come from any thread.
+/// A network evaluation supplied by the caller: fills `out` (shape's batch × out channels × h × w)
+/// for the model input `x` of `shape` at `timestep`. Also the form of a classifier-gradient callback.
+public typealias DenoiseFunction = (_ x: UnsafePointer<Float>, _ shape: SampleShape, _ timestep: Float,
+                                    _ out: UnsafeMutablePointer<Float>) throws -> Void
+
+/// One generation: start noise, scheduler, RNG and the current x_t, driven like a diffusers pipeline.
+/// Used by one thread at a time; `cancel()` may come from any thread.
 public final class Sampler {
-    public let model: DiffusionModel
+    /// The network: a loaded model, or nil when the caller supplies `denoiser`.
+    public let model: DiffusionModel?
+    private let denoiser: DenoiseFunction?
     public let scheduler: Scheduler
-    public let batch: Int, channels: Int, height: Int, width: Int
-    public private(set) var stepIndex = 0
+    public let schedulerName: String
+    public let shape: SampleShape
+    /// Inference steps asked for (iterations may be more: Heun, PNDM).
+    public let inferenceSteps: Int
     public private(set) var guidanceScale: Float = 1
     public private(set) var classLabels: [Int]
+    /// Absolute index into scheduler.timesteps of the next iteration; img2img starts later.
+    public private(set) var iteration = 0
+    public private(set) var firstIteration = 0
     private var generator: TorchGenerator
+    /// The unit-variance start noise (x_T / init_noise_sigma, or img2img's noise).
+    private var startNoise: [Float]
+    private var initImage: [Float]? = nil
     private var latents: Tensor
+    private var classifier: (gradient: DenoiseFunction, scale: Float)? = nil
     private let cancelRequested = Atomic<Bool>(false)
 
-    public init(model: DiffusionModel, params p: SamplerParams) throws {
-        self.model = model
-        guard p.batch >= 1, p.batch <= 4096 else { throw DiffusionError(.invalidArgument, "batch \(p.batch) must be between 1 and 4096") }
-        guard p.steps >= 0 else { throw DiffusionError(.invalidArgument, "steps \(p.steps) must be >= 0") }
+    public var batch: Int { shape.batch }
+    public var channels: Int { shape.channels }
+    public var height: Int { shape.height }
+    public var width: Int { shape.width }
+    public var count: Int { shape.count }
+    /// Iterations of this run (from img2img's start) and how many are done.
+    public var totalSteps: Int { scheduler.timesteps.count - firstIteration }
+    public var stepIndex: Int { iteration - firstIteration }
+    public var remainingSteps: Int { scheduler.timesteps.count - iteration }
+    /// The timesteps this run visits, in order.
+    public var timesteps: ArraySlice<Float> { scheduler.timesteps[firstIteration...] }
+
+    /// A sampler over a loaded model.
+    public convenience init(model: DiffusionModel, params p: SamplerParams) throws {
         let config = model.config
-        height = p.height > 0 ? p.height : (config.sampleHeight ?? 0)
-        width = p.width > 0 ? p.width : (config.sampleWidth ?? 0)
+        let height = p.height > 0 ? p.height : (config.sampleHeight ?? 0)
+        let width = p.width > 0 ? p.width : (config.sampleWidth ?? 0)
         guard p.height >= 0, p.width >= 0, height > 0, width > 0 else {
             throw DiffusionError(.invalidArgument, "height and width must be given (the model has no sample_size) and positive")
         }
@@ -40,59 +71,143 @@ public final class Sampler {
         guard height % factor == 0, width % factor == 0, height <= 16384, width <= 16384 else {
             throw DiffusionError(.invalidArgument, "height and width (\(height)x\(width)) must be multiples of \(factor) for this model")
         }
-        batch = p.batch
-        channels = config.inChannels
+        guard p.channels == 0 || p.channels == config.inChannels else {
+            throw DiffusionError(.invalidArgument, "channels \(p.channels) differs from the model's in_channels \(config.inChannels) (give 0)")
+        }
+        guard p.batch >= 1, p.batch <= 4096 else { throw DiffusionError(.invalidArgument, "batch \(p.batch) must be between 1 and 4096") }
         // Guidance may double the batch later; the check is repeated at every evaluation.
-        try model.checkMemory(batch: batch, height: height, width: width)
-        guard config.outChannels == config.inChannels else {
-            throw DiffusionError(.unsupported, "out_channels \(config.outChannels) differs from in_channels \(config.inChannels): the model's output is not a prediction of x_t's shape")
+        try model.checkMemory(batch: p.batch, height: height, width: width)
+        try self.init(model: model, denoiser: nil,
+                      shape: SampleShape(batch: p.batch, channels: config.inChannels, height: height, width: width),
+                      params: p, stored: model.schedulerJSON, defaultScheduler: model.defaultScheduler)
+        let outFactor = scheduler.modelOutputChannelFactor
+        guard config.outChannels == config.inChannels * outFactor else {
+            throw DiffusionError(.unsupported, outFactor == 1
+                ? "out_channels \(config.outChannels) differs from in_channels \(config.inChannels): the model's output is not a prediction of x_t's shape (variance_type learned or learned_range with scheduler ddpm uses such models)"
+                : "scheduler \(schedulerName) with variance_type \(scheduler.config.varianceType) needs out_channels = 2 x in_channels (\(2 * config.inChannels)); the model has \(config.outChannels)")
         }
-
-        var schedulerConfig = SchedulerConfig()
-        if let stored = model.schedulerJSON { try schedulerConfig.apply(stored) }
-        if let overrides = p.schedulerOverrides {
-            do { try schedulerConfig.apply(overrides) } catch let e as DiffusionError {
-                throw DiffusionError(e.code == .invalidFile ? .invalidArgument : e.code, "scheduler_config: \(e.message)")
-            }
-        }
-        let name = p.scheduler ?? model.defaultScheduler
-        switch name {
-        case "ddpm":
-            scheduler = try DDPMScheduler(config: schedulerConfig, steps: p.steps > 0 ? p.steps : schedulerConfig.numTrainTimesteps)
-        case "ddim":
-            scheduler = try DDIMScheduler(config: schedulerConfig, steps: p.steps > 0 ? p.steps : 50, eta: p.eta)
-        default:
-            throw DiffusionError(.invalidArgument, "unknown scheduler \"\(name)\" (known: ddpm, ddim)")
-        }
-        classLabels = config.hasClassEmbedding ? [Int](repeating: 0, count: p.batch) : []
-        // x_T ~ N(0, I), drawn first, as the pipelines do (init_noise_sigma is 1 for DDPM/DDIM).
-        generator = TorchGenerator(seed: p.seed)
-        latents = Tensor(n: batch, c: channels, h: height, w: width)
-        generator.fillNormal(UnsafeMutableBufferPointer(start: latents.data, count: latents.count))
     }
 
-    public var count: Int { latents.count }
-    public var totalSteps: Int { scheduler.timesteps.count }
-    public var remainingSteps: Int { totalSteps - stepIndex }
+    /// A sampler whose network is the caller's `denoiser` (no model): the shape comes from params.
+    public convenience init(denoiser: @escaping DenoiseFunction, params p: SamplerParams) throws {
+        guard p.batch >= 1, p.batch <= 4096 else { throw DiffusionError(.invalidArgument, "batch \(p.batch) must be between 1 and 4096") }
+        guard p.channels >= 1, p.height >= 1, p.width >= 1 else {
+            throw DiffusionError(.invalidArgument, "channels, height and width must be positive without a model (got \(p.channels), \(p.height), \(p.width))")
+        }
+        guard p.channels <= 4096, p.height <= 16384, p.width <= 16384, p.batch * p.channels * p.height * p.width <= 1 << 31 else {
+            throw DiffusionError(.invalidArgument, "shape \(p.batch)x\(p.channels)x\(p.height)x\(p.width) is too large")
+        }
+        try self.init(model: nil, denoiser: denoiser,
+                      shape: SampleShape(batch: p.batch, channels: p.channels, height: p.height, width: p.width),
+                      params: p, stored: nil, defaultScheduler: "ddpm")
+    }
+
+    private init(model: DiffusionModel?, denoiser: DenoiseFunction?, shape: SampleShape, params p: SamplerParams,
+                 stored: JSONValue?, defaultScheduler: String) throws {
+        self.model = model
+        self.denoiser = denoiser
+        self.shape = shape
+        guard p.steps >= 0 else { throw DiffusionError(.invalidArgument, "steps \(p.steps) must be >= 0") }
+        let requested = p.scheduler ?? defaultScheduler
+        guard let (name, implied) = SchedulerRegistry.resolve(requested) else {
+            throw DiffusionError(.invalidArgument, "unknown scheduler \"\(requested)\" (known: \(SchedulerRegistry.knownNames); see diffusion_scheduler_names)")
+        }
+        var config = SchedulerConfig(for: name)
+        if let stored { try config.apply(stored) }
+        do {
+            if !implied.isEmpty { try config.apply(.object(implied)) }
+            if let overrides = p.schedulerOverrides { try config.apply(overrides) }
+        } catch let e as DiffusionError {
+            throw DiffusionError(e.code == .invalidFile ? .invalidArgument : e.code, "scheduler_config: \(e.message)")
+        }
+        schedulerName = name
+        inferenceSteps = p.steps > 0 ? p.steps : SchedulerRegistry.defaultSteps(name, config: config)
+        scheduler = try SchedulerRegistry.make(name, config: config, steps: inferenceSteps, eta: p.eta)
+        classLabels = model?.config.hasClassEmbedding == true ? [Int](repeating: 0, count: shape.batch) : []
+        // x_T = randn(shape) * init_noise_sigma, drawn first, as the pipelines do.
+        var generator = TorchGenerator(seed: p.seed)
+        var noise = [Float](repeating: 0, count: shape.count)
+        noise.withUnsafeMutableBufferPointer { generator.fillNormal($0) }
+        self.generator = generator
+        startNoise = noise
+        latents = Tensor(n: shape.batch, c: shape.channels, h: shape.height, w: shape.width)
+        resetStart()
+    }
+
+    /// x at the first iteration: the start noise scaled by init_noise_sigma, or the init image
+    /// noised to the first iteration's level.
+    private func resetStart() {
+        if let image = initImage {
+            scheduler.addNoise(original: image, noise: startNoise, count: count, index: firstIteration, into: latents.data)
+        } else {
+            let sigma = scheduler.initNoiseSigma
+            for i in 0..<count { latents.data[i] = startNoise[i] * sigma }
+        }
+    }
+
+    private func checkNotStarted(_ what: String) throws {
+        guard iteration == firstIteration else {
+            throw DiffusionError(.invalidState, "\(what) must come before the first step (\(stepIndex) steps done)")
+        }
+    }
 
     public func setGuidanceScale(_ scale: Float) throws {
         guard scale.isFinite else { throw DiffusionError(.invalidArgument, "guidance scale must be finite") }
-        if scale != 1, model.config.nullClassLabel == nil {
-            throw DiffusionError(.noUnconditional, "guidance scale \(scale) needs a model with an unconditional input (a class-conditional model whose config.json names its _null_class_label); this model has none (use 1)")
+        if scale != 1, model?.config.nullClassLabel == nil {
+            throw DiffusionError(.noUnconditional, model == nil
+                ? "guidance scale \(scale) needs a model; a caller's denoiser applies its own guidance (use 1)"
+                : "guidance scale \(scale) needs a model with an unconditional input (a class-conditional model whose config.json names its _null_class_label); this model has none (use 1)")
         }
         guidanceScale = scale
     }
 
     public func setClassLabels(_ labels: [Int]) throws {
-        let config = model.config
-        guard config.hasClassEmbedding else {
-            throw DiffusionError(.invalidArgument, "this model is not class-conditional")
+        guard let config = model?.config, config.hasClassEmbedding else {
+            throw DiffusionError(.invalidArgument, model == nil ? "class labels need a model (this sampler has a caller's denoiser)" : "this model is not class-conditional")
         }
         guard labels.count == 1 || labels.count == batch else {
             throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(batch) (give 1 or \(batch))")
         }
         try config.checkClassLabels(labels)
         classLabels = labels.count == 1 ? [Int](repeating: labels[0], count: batch) : labels
+    }
+
+    /// Classifier guidance (Dhariwal & Nichol): `gradient` fills ∇ log p(y | x_t) for the model input
+    /// x_t at each step; `scale` 0 turns it off.
+    public func setClassifierGuidance(_ gradient: DenoiseFunction?, scale: Float) throws {
+        guard scale.isFinite else { throw DiffusionError(.invalidArgument, "gradient scale must be finite") }
+        classifier = gradient.flatMap { scale != 0 ? ($0, scale) : nil }
+    }
+
+    /// img2img: starts from `image` (x_0 of the batch, or of one sample for all) noised to the
+    /// level diffusers' img2img pipelines pick for `strength` in (0, 1], skipping the earlier steps.
+    public func setInitImage(_ image: UnsafePointer<Float>, count n: Int, strength: Double) throws {
+        try checkNotStarted("an init image")
+        guard n == count || n == shape.perSample else {
+            throw DiffusionError(.invalidArgument, "init image has \(n) values, expected \(count) (batch x channels x height x width) or \(shape.perSample) (one image for the whole batch)")
+        }
+        guard strength.isFinite, strength > 0, strength <= 1 else {
+            throw DiffusionError(.invalidArgument, "strength \(strength) must be in (0, 1]")
+        }
+        // init_timestep = min(int(steps * strength), steps); t_start = steps - init_timestep
+        let initTimestep = min(Int(Double(inferenceSteps) * strength), inferenceSteps)
+        let begin = max(inferenceSteps - initTimestep, 0) * scheduler.order
+        guard begin < scheduler.timesteps.count else {
+            throw DiffusionError(.invalidArgument, "strength \(strength) leaves no step of \(inferenceSteps) (needs strength >= \(1 / Double(inferenceSteps)))")
+        }
+        var x = [Float](repeating: 0, count: count)
+        for b in 0..<(n == count ? 1 : batch) { (0..<n).forEach { x[b * n + $0] = image[$0] } }
+        initImage = x
+        firstIteration = begin
+        iteration = begin
+        resetStart()
+    }
+
+    /// Replaces the unit start noise (e.g. a spherical interpolation of two seeds' noise).
+    public func setStartNoise(_ noise: UnsafePointer<Float>) throws {
+        try checkNotStarted("start noise")
+        startNoise = Array(UnsafeBufferPointer(start: noise, count: count))
+        resetStart()
     }
 
     public func copyLatents(to out: UnsafeMutablePointer<Float>) {
@@ -105,57 +220,116 @@ public final class Sampler {
 
     public func cancel() { cancelRequested.store(true, ordering: .relaxed) }
 
-    /// Runs one step; returns the steps left after it.
+    /// Runs one iteration; returns the iterations left after it.
     @discardableResult
     public func step() throws -> Int {
         if cancelRequested.exchange(false, ordering: .relaxed) {
             throw DiffusionError(.cancelled, "cancelled before step \(stepIndex + 1) of \(totalSteps)")
         }
-        guard stepIndex < totalSteps else {
+        guard iteration < scheduler.timesteps.count else {
             throw DiffusionError(.invalidState, "all \(totalSteps) steps are done")
         }
-        let output = try predictNoise(timestep: Float(scheduler.timesteps[stepIndex]))
+        let i = iteration
+        let t = scheduler.timesteps[i]
+        // scale_model_input
+        let divisor = scheduler.inputDivisor(at: i)
+        var input = latents
+        if divisor != 1 {
+            input = Tensor(n: batch, c: channels, h: height, w: width)
+            for k in 0..<count { input.data[k] = latents.data[k] / divisor }
+        }
+        let output = try evaluate(input, timestep: t)
+        var meanShift: [Float]? = nil
+        if let (gradient, scale) = classifier {
+            var grad = [Float](repeating: 0, count: count)
+            try grad.withUnsafeMutableBufferPointer { g in
+                do { try gradient(input.data, shape, t, g.baseAddress!) } catch let e as DiffusionError {
+                    throw DiffusionError(e.code, "classifier gradient at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
+                }
+            }
+            guard grad.allSatisfy({ $0.isFinite }) else {
+                throw DiffusionError(.callback, "the classifier gradient at step \(stepIndex + 1) (timestep \(t)) is not finite")
+            }
+            if scheduler.guidesByMeanShift {
+                meanShift = grad.map { scale * $0 }
+            } else {
+                applyEpsilonGuidance(grad, scale: scale, index: i, to: output)
+            }
+        }
         var noise: Tensor? = nil
-        if scheduler.needsNoise(at: stepIndex) {
+        if scheduler.needsNoise(at: i) {
             let z = Tensor(n: batch, c: channels, h: height, w: width)
             generator.fillNormal(UnsafeMutableBufferPointer(start: z.data, count: z.count))
             noise = z
         }
         let next = Tensor(n: batch, c: channels, h: height, w: width)
-        scheduler.step(index: stepIndex, modelOutput: output.data, sample: latents.data,
-                       noise: noise.map { UnsafePointer($0.data) }, count: latents.count, batch: batch,
-                       prev: next.data, predOriginal: nil)
+        let shift = meanShift ?? []
+        shift.withUnsafeBufferPointer { s in
+            scheduler.step(index: i, modelOutput: output.data, sample: latents.data,
+                           noise: noise.map { UnsafePointer($0.data) }, meanShift: meanShift == nil ? nil : s.baseAddress,
+                           shape: shape, prev: next.data)
+        }
         latents = next
-        stepIndex += 1
+        iteration += 1
         return remainingSteps
     }
 
-    /// The network's output for x_t, with classifier-free guidance when the scale is not 1:
-    /// eps = eps_uncond + scale * (eps_cond - eps_uncond), both halves evaluated as one batch.
-    private func predictNoise(timestep t: Float) throws -> Tensor {
+    /// eps' = eps − sqrt(1 − ᾱ) s ∇log p(y|x_t) (Dhariwal & Nichol, Algorithm 2), written in the
+    /// model's prediction type: v moves by Δeps / sqrt(ᾱ), x_0 by −sqrt(1 − ᾱ) / sqrt(ᾱ) Δeps.
+    private func applyEpsilonGuidance(_ grad: [Float], scale: Float, index: Int, to output: Tensor) {
+        let a = scheduler.alphaProd(at: index)
+        let b = (1 - a).squareRoot()
+        let factor: Float
+        switch scheduler.config.predictionType {
+        case .epsilon: factor = 1
+        case .vPrediction: factor = 1 / a.squareRoot()
+        case .sample: factor = -b / a.squareRoot()
+        }
+        let per = shape.perSample, outPer = output.count / batch
+        for n in 0..<batch {
+            for k in 0..<per { output.data[n * outPer + k] += factor * (-b * scale * grad[n * per + k]) }
+        }
+    }
+
+    /// The network's output for the model input x, with classifier-free guidance when the scale is
+    /// not 1: out = out_uncond + scale (out_cond − out_uncond), both halves evaluated as one batch.
+    /// With learned variances (2C output channels) only the first C are guided; the variance
+    /// channels come from the conditional half (as GLIDE and DiT do).
+    private func evaluate(_ x: Tensor, timestep t: Float) throws -> Tensor {
+        guard let model else {
+            let out = Tensor(n: batch, c: channels * scheduler.modelOutputChannelFactor, h: height, w: width)
+            do { try denoiser!(x.data, shape, t, out.data) } catch let e as DiffusionError {
+                throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
+            }
+            return out
+        }
         let labels = classLabels.isEmpty ? nil : classLabels
         guard guidanceScale != 1, let null = model.config.nullClassLabel else {
-            return try model.predict(latents, timesteps: [Float](repeating: t, count: batch), classLabels: labels)
+            return try model.predict(x, timesteps: [Float](repeating: t, count: batch), classLabels: labels)
         }
-        let n = latents.count
+        let n = x.count
         let doubled = Tensor(n: 2 * batch, c: channels, h: height, w: width)
-        doubled.data.update(from: latents.data, count: n)
-        (doubled.data + n).update(from: latents.data, count: n)
+        doubled.data.update(from: x.data, count: n)
+        (doubled.data + n).update(from: x.data, count: n)
         let out = try model.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
                                     classLabels: [Int](repeating: null, count: batch) + classLabels)
         let guided = Tensor(n: batch, c: out.c, h: height, w: width)
         let half = guided.count, s = guidanceScale
-        for i in 0..<half {
-            let u = out.data[i]
-            guided.data[i] = u + s * (out.data[half + i] - u)
+        let outPer = half / batch, guidedPer = shape.perSample
+        for b in 0..<batch {
+            for k in 0..<outPer {
+                let i = b * outPer + k
+                let u = out.data[i], c = out.data[half + i]
+                guided.data[i] = k < guidedPer ? u + s * (c - u) : c
+            }
         }
         return guided
     }
 
     /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels.
-    public func run(progress: ((Int, Int, Int) -> Bool)?) throws {
-        while stepIndex < totalSteps {
-            let t = scheduler.timesteps[stepIndex]
+    public func run(progress: ((Int, Int, Float) -> Bool)?) throws {
+        while iteration < scheduler.timesteps.count {
+            let t = scheduler.timesteps[iteration]
             try step()
             if let progress, !progress(stepIndex, totalSteps, t) {
                 throw DiffusionError(.cancelled, "cancelled by the progress callback after step \(stepIndex) of \(totalSteps)")
@@ -177,4 +351,24 @@ public final class Sampler {
             }
         }
     }
+}
+
+/// Spherical linear interpolation between two noise tensors (for smooth morphs between seeds):
+/// with θ the angle between a and b, (sin((1−t)θ) a + sin(tθ) b) / sin θ; linear when a and b are
+/// nearly parallel (|cos θ| > 0.9995). Computed in double.
+public func slerp(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int, t: Double,
+                  into out: UnsafeMutablePointer<Float>) {
+    var dot = 0.0, na = 0.0, nb = 0.0
+    for i in 0..<count {
+        let x = Double(a[i]), y = Double(b[i])
+        dot += x * y; na += x * x; nb += y * y
+    }
+    let cosTheta = na > 0 && nb > 0 ? dot / (na.squareRoot() * nb.squareRoot()) : 1
+    var wa = 1 - t, wb = t
+    if abs(cosTheta) <= 0.9995 {
+        let theta = acos(cosTheta), s = sin(theta)
+        wa = sin((1 - t) * theta) / s
+        wb = sin(t * theta) / s
+    }
+    for i in 0..<count { out[i] = Float(wa * Double(a[i]) + wb * Double(b[i])) }
 }

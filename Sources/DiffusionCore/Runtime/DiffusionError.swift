@@ -12,6 +12,7 @@ public struct DiffusionError: Error, CustomStringConvertible {
         case outOfMemory = 8
         case invalidState = 9
         case `internal` = 10
+        case callback = 11
     }
 
     public let code: Code

@@ -1,9 +1,10 @@
 /// diffusers `DDIMScheduler` (Song et al., formula 12 of the DDIM paper).
-public struct DDIMScheduler: Scheduler {
+public final class DDIMScheduler: Scheduler {
     public let config: SchedulerConfig
     public let alphasCumprod: [Float]
-    public let timesteps: [Int]
+    public let timesteps: [Float]
     public let eta: Float
+    let steps: [Int]
     let finalAlphaCumprod: Float
     let stepRatio: Int
 
@@ -12,18 +13,28 @@ public struct DDIMScheduler: Scheduler {
         self.config = config
         self.eta = eta
         alphasCumprod = config.alphasCumprod()
-        timesteps = try config.timesteps(steps: steps)
+        self.steps = try config.timesteps(steps: steps)
+        timesteps = self.steps.map(Float.init)
         finalAlphaCumprod = config.setAlphaToOne ? 1 : alphasCumprod[0]
         stepRatio = config.numTrainTimesteps / steps
     }
 
+    public func alphaProd(at index: Int) -> Float { alphasCumprod[steps[index]] }
     public func needsNoise(at index: Int) -> Bool { eta > 0 }
 
+    public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
+                     noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>?, shape: SampleShape,
+                     prev: UnsafeMutablePointer<Float>) {
+        step(index: index, modelOutput: modelOutput, sample: sample, noise: noise, count: shape.count,
+             batch: shape.batch, prev: prev, predOriginal: nil)
+    }
+
+    /// The step, optionally also writing the predicted x_0.
     public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
                      noise: UnsafePointer<Float>?, count: Int, batch: Int,
                      prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?) {
         // 1. previous step value: t - num_train_timesteps // num_inference_steps, whatever the spacing
-        let t = timesteps[index]
+        let t = steps[index]
         let prevT = t - stepRatio
         // 2. alphas and betas
         let alphaProd = alphasCumprod[t]

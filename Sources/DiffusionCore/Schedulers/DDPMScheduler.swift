@@ -3,10 +3,11 @@ import Glibc
 #endif
 
 /// diffusers `DDPMScheduler` (Ho et al. ancestral sampling, Algorithm 2).
-public struct DDPMScheduler: Scheduler {
+public final class DDPMScheduler: Scheduler {
     public let config: SchedulerConfig
     public let alphasCumprod: [Float]
-    public let timesteps: [Int]
+    public let timesteps: [Float]
+    let steps: [Int]
 
     public init(config: SchedulerConfig, steps: Int) throws {
         guard ["fixed_small", "fixed_small_log", "fixed_large"].contains(config.varianceType) else {
@@ -14,18 +15,29 @@ public struct DDPMScheduler: Scheduler {
         }
         self.config = config
         alphasCumprod = config.alphasCumprod()
-        timesteps = try config.timesteps(steps: steps)
+        self.steps = try config.timesteps(steps: steps)
+        timesteps = self.steps.map(Float.init)
     }
 
+    public var guidesByMeanShift: Bool { true }
+    public func alphaProd(at index: Int) -> Float { alphasCumprod[steps[index]] }
     /// Noise is added whenever t > 0 (diffusers checks the timestep, not the step index).
-    public func needsNoise(at index: Int) -> Bool { timesteps[index] > 0 }
+    public func needsNoise(at index: Int) -> Bool { steps[index] > 0 }
 
     public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
-                     noise: UnsafePointer<Float>?, count: Int, batch: Int,
+                     noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>?, shape: SampleShape,
+                     prev: UnsafeMutablePointer<Float>) {
+        step(index: index, modelOutput: modelOutput, sample: sample, noise: noise, meanShift: meanShift,
+             count: shape.count, batch: shape.batch, prev: prev, predOriginal: nil)
+    }
+
+    /// The step, optionally also writing the predicted x_0.
+    public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
+                     noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>? = nil, count: Int, batch: Int,
                      prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?) {
         // 1. previous timestep and the alphas/betas at t and t-1
-        let t = timesteps[index]
-        let prevT = index + 1 < timesteps.count ? timesteps[index + 1] : -1
+        let t = steps[index]
+        let prevT = index + 1 < steps.count ? steps[index + 1] : -1
         let alphaProd = alphasCumprod[t]
         let alphaProdPrev: Float = prevT >= 0 ? alphasCumprod[prevT] : 1
         let betaProd = 1 - alphaProd
@@ -39,19 +51,24 @@ public struct DDPMScheduler: Scheduler {
         // 4. coefficients of x0 and x_t in the posterior mean μ̃_t (formula 7 of the DDPM paper)
         let x0Coeff = (alphaProdPrev.squareRoot() * currentBeta) / betaProd
         let sampleCoeff = currentAlpha.squareRoot() * betaProdPrev / betaProd
-        // 6. standard deviation of the added noise
-        var std: Float = 0
-        if t > 0 {
-            let variance = max((1 - alphaProdPrev) / (1 - alphaProd) * currentBeta, 1e-20)
-            switch config.varianceType {
-            case "fixed_large": std = currentBeta.squareRoot()
-            case "fixed_small_log": std = expf(0.5 * logf(variance))
-            default: std = variance.squareRoot()
-            }
+        // 6. variance of the step
+        let small = max((1 - alphaProdPrev) / (1 - alphaProd) * currentBeta, 1e-20)
+        let variance: Float
+        switch config.varianceType {
+        case "fixed_large": variance = currentBeta
+        case "fixed_small_log": variance = expf(logf(small))
+        default: variance = small
+        }
+        let std: Float
+        switch config.varianceType {
+        case "fixed_large": std = currentBeta.squareRoot()
+        case "fixed_small_log": std = expf(0.5 * logf(small))
+        default: std = small.squareRoot()
         }
         for i in 0..<count {
-            // 5. μ̃_t, then 6. + σ_t z
+            // 5. μ̃_t (+ Σ s∇log p(y|x_t), Dhariwal & Nichol Algorithm 1), then 6. + σ_t z when t > 0
             var x = x0Coeff * x0[i] + sampleCoeff * sample[i]
+            if let meanShift { x = x + variance * meanShift[i] }
             if t > 0, let noise { x = x + std * noise[i] }
             prev[i] = x
         }

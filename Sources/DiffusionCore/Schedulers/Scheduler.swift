@@ -1,15 +1,65 @@
-/// One sampling algorithm over a fixed list of timesteps. Schedulers hold no network and draw no
-/// random numbers: the pipeline passes variance noise in when `needsNoise` says so.
-public protocol Scheduler {
-    /// The timesteps visited, in order.
-    var timesteps: [Int] { get }
-    /// Whether step `index` adds variance noise of the sample's shape.
+/// The shape a scheduler steps: `batch` samples of channels × height × width, float32 NCHW.
+public struct SampleShape: Equatable, Sendable {
+    public var batch: Int, channels: Int, height: Int, width: Int
+    public init(batch: Int, channels: Int, height: Int, width: Int) {
+        self.batch = batch; self.channels = channels; self.height = height; self.width = width
+    }
+    public var count: Int { batch * perSample }
+    public var perSample: Int { channels * height * width }
+}
+
+/// One sampling algorithm over a fixed list of iterations, the way a diffusers pipeline drives its
+/// scheduler: for iteration i, model input = sample / inputDivisor(at: i), model evaluated at
+/// timesteps[i], then step(index: i, ...). Schedulers hold no network and draw no random numbers:
+/// the sampler passes fresh noise in when `needsNoise(at:)` says so, in diffusers' order.
+/// Multistep schedulers keep state: step is called once per iteration, with consecutive indices
+/// from the first iteration run (0, or later for img2img).
+public protocol Scheduler: AnyObject {
+    /// The settings the scheduler was built from.
+    var config: SchedulerConfig { get }
+    /// The model timestep of each iteration, in order (Heun and PNDM's Runge–Kutta warm-up evaluate
+    /// the model more than once per inference step, so iterations may exceed the steps asked for).
+    var timesteps: [Float] { get }
+    /// Iterations per inference step (diffusers' `order`; img2img skips t_start × order iterations).
+    var order: Int { get }
+    /// The standard deviation of the start sample: x_T = unit noise × initNoiseSigma.
+    var initNoiseSigma: Float { get }
+    /// Output channels per input channel the model must have (2 for learned variances).
+    var modelOutputChannelFactor: Int { get }
+    /// Whether this scheduler applies classifier guidance as a shift of its mean (DDPM) rather than
+    /// through the eps-form of the model output.
+    var guidesByMeanShift: Bool { get }
+    /// scale_model_input: the model sees sample / inputDivisor(at: i) (a float32 division, as diffusers).
+    func inputDivisor(at index: Int) -> Float
+    /// ᾱ of iteration i's noise level (sqrt(ᾱ) x_0 + sqrt(1 − ᾱ) ε is the model input's form).
+    func alphaProd(at index: Int) -> Float
+    /// Whether step `index` takes fresh standard normal noise of the sample's shape.
     func needsNoise(at index: Int) -> Bool
-    /// prev[i] = x_{t-1} from the model output at step `index`; predOriginal (if given) receives x_0.
-    /// `count` elements form `batch` equal samples (thresholding works per sample).
+    /// prev = the sample after iteration `index`. `modelOutput` has modelOutputChannelFactor ×
+    /// shape.channels channels per sample. `meanShift` (only when guidesByMeanShift) is s·∇log p(y|x_t),
+    /// added to the mean scaled by the step's variance.
     func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
-              noise: UnsafePointer<Float>?, count: Int, batch: Int,
-              prev: UnsafeMutablePointer<Float>, predOriginal: UnsafeMutablePointer<Float>?)
+              noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>?, shape: SampleShape,
+              prev: UnsafeMutablePointer<Float>)
+    /// add_noise: `original` noised to the level of iteration `index` (img2img's start).
+    func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
+                  into out: UnsafeMutablePointer<Float>)
+}
+
+extension Scheduler {
+    public var order: Int { 1 }
+    public var initNoiseSigma: Float { 1 }
+    public var modelOutputChannelFactor: Int { 1 }
+    public var guidesByMeanShift: Bool { false }
+    public func inputDivisor(at index: Int) -> Float { 1 }
+
+    /// Variance-preserving add_noise: sqrt(ᾱ) x_0 + sqrt(1 − ᾱ) ε (DDPM, DDIM, PNDM, LCM).
+    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        let a = alphaProd(at: index)
+        let sa = a.squareRoot(), sb = (1 - a).squareRoot()
+        for i in 0..<count { out[i] = sa * original[i] + sb * noise[i] }
+    }
 }
 
 /// x_0 (and eps) from the model output for each prediction type, in diffusers' operation order.

@@ -2,8 +2,10 @@
 import Glibc
 #endif
 
-/// The settings DDPMScheduler and DDIMScheduler share, decoded from diffusers' keys. Absent keys
-/// take the diffusers class's defaults; keys belonging to other schedulers are ignored, as
+/// Scheduler settings, decoded from diffusers' keys. `SchedulerConfig(for: name)` starts from the
+/// diffusers class's defaults; `apply` layers scheduler_config.json and caller overrides on top.
+/// The settings every class shares are decoded here; the rest stay in `raw` (all keys applied, the
+/// last one wins) for the scheduler that reads them. Keys of other schedulers are ignored, as
 /// `from_config` does.
 public struct SchedulerConfig {
     public enum PredictionType: String { case epsilon, sample, vPrediction = "v_prediction" }
@@ -26,13 +28,40 @@ public struct SchedulerConfig {
     public var thresholding = false
     public var dynamicThresholdingRatio = 0.995
     public var sampleMaxValue = 1.0
+    /// Every key applied so far, later applications replacing earlier values.
+    public private(set) var raw: [(String, JSONValue)] = []
 
     public init() {}
+
+    /// The defaults of the diffusers class behind scheduler `name` (keys where it differs from DDPM's).
+    public init(for name: String) {
+        self.init()
+        let linspace: [(String, JSONValue)] = [("timestep_spacing", .string("linspace"))]
+        let sdBetas: [(String, JSONValue)] = [("beta_start", .number(0.00085)), ("beta_end", .number(0.012))]
+        let defaults: [(String, JSONValue)]
+        switch name {
+        case "euler", "euler_a", "lms", "dpmpp_2m", "unipc": defaults = linspace
+        case "heun": defaults = linspace + sdBetas + [("clip_sample", .bool(false))]
+        case "pndm": defaults = [("set_alpha_to_one", .bool(false))]
+        case "lcm": defaults = sdBetas + [("beta_schedule", .string("scaled_linear")), ("clip_sample", .bool(false))]
+        default: defaults = []
+        }
+        try! apply(.object(defaults))
+        raw = []
+    }
+
+    /// A reader of the applied keys, for the settings one scheduler alone has.
+    var reader: ConfigReader { ConfigReader(.object(raw)) }
 
     /// Applies the keys of `json` (a scheduler_config.json object or caller overrides) on top.
     public mutating func apply(_ json: JSONValue) throws {
         guard case .object = json else { throw DiffusionError(.invalidArgument, "scheduler config is not a JSON object") }
         let r = ConfigReader(json)
+        if case .object(let pairs) = json {
+            for (k, v) in pairs {
+                if let i = raw.firstIndex(where: { $0.0 == k }) { raw[i].1 = v } else { raw.append((k, v)) }
+            }
+        }
         numTrainTimesteps = try r.int("num_train_timesteps", numTrainTimesteps, min: 1)
         guard numTrainTimesteps <= 1_000_000 else {
             throw DiffusionError(.unsupported, "num_train_timesteps \(numTrainTimesteps) is out of range")
@@ -76,6 +105,12 @@ public struct SchedulerConfig {
 
     /// The settings as diffusers keys (for diffusion_model_config_json).
     public var json: JSONValue {
+        guard case .object(var pairs) = commonJSON else { return commonJSON }
+        for (k, v) in raw where !k.hasPrefix("_") && !pairs.contains(where: { $0.0 == k }) { pairs.append((k, v)) }
+        return .object(pairs)
+    }
+
+    private var commonJSON: JSONValue {
         .object([
             ("num_train_timesteps", .number(Double(numTrainTimesteps))),
             ("beta_start", .number(betaStart)),

@@ -84,6 +84,8 @@ typedef enum diffusion_status {
     DIFFUSION_ERROR_INVALID_STATE = 9,
     /* A bug in the library; please report it with the message. */
     DIFFUSION_ERROR_INTERNAL = 10,
+    /* A caller's callback (denoiser, classifier gradient) returned false or non-finite values. */
+    DIFFUSION_ERROR_CALLBACK = 11,
 } diffusion_status;
 
 typedef struct diffusion_model diffusion_model;
@@ -166,11 +168,15 @@ diffusion_status diffusion_model_predict(const diffusion_model *model, const flo
 
 typedef struct diffusion_sampler_params {
     uint32_t struct_size;
-    /* "ddpm" or "ddim". NULL (default) = the model's scheduler_config.json _class_name,
-       or "ddpm" if it has none. Copied; need not outlive the call. */
+    /* A scheduler name (see diffusion_scheduler_names; also the ComfyUI / stable-diffusion.cpp
+       aliases and diffusers class names listed in the README). NULL (default) = the model's
+       scheduler_config.json _class_name, or "ddpm" if it has none (and for a caller's denoiser).
+       Copied; need not outlive the call. */
     const char *scheduler;
-    /* Number of inference steps; 0 (default) = the diffusers pipeline default
-       (ddpm: num_train_timesteps, ddim: 50). */
+    /* Number of inference steps; 0 (default) = the diffusers pipeline default (ddpm:
+       num_train_timesteps, lcm: 4, others: 50). Heun and PNDM's Runge-Kutta warm-up evaluate the
+       network more than once per step: the sampler's steps (progress, timesteps) count network
+       evaluations ("iterations"), e.g. heun with 10 steps runs 19. */
     int32_t steps;
     /* Seed of the sampler's random generator. The default generator reproduces
        torch.randn(..., generator=torch.Generator().manual_seed(seed)) on CPU, and noise is
@@ -181,13 +187,16 @@ typedef struct diffusion_sampler_params {
     /* Image size; 0 (default) = the model's sample_size. */
     int32_t height;
     int32_t width;
-    /* DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise). Ignored by ddpm. */
+    /* DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise). Must be 0 for other schedulers. */
     float eta;
     /* Optional JSON object of scheduler settings with diffusers' keys (e.g.
        {"timestep_spacing": "trailing", "clip_sample": false}), applied over the model's
        scheduler_config.json. A key absent from both takes the diffusers class's default.
        NULL (default) = none. Copied; need not outlive the call. */
     const char *scheduler_config_json;
+    /* Channels of the sample. 0 (default) = the model's in_channels; required (> 0) with
+       diffusion_sampler_create_with_denoiser, as are height and width. */
+    int32_t channels;
 } diffusion_sampler_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_sampler_params))
@@ -199,6 +208,25 @@ void diffusion_sampler_params_init(diffusion_sampler_params *params, size_t stru
 diffusion_status diffusion_sampler_create(const diffusion_model *model,
                                           const diffusion_sampler_params *params,
                                           diffusion_sampler **out_sampler);
+
+/* A network supplied by the caller ("bring your own denoiser"): fills out with the network's
+ * output for the model input x at timestep, exactly what a diffusers pipeline passes to its
+ * network: x = the scheduler's scaled model input (scale_model_input), shape = {batch, channels,
+ * height, width} of x (float32 NCHW), timestep = the scheduler's timestep (fractional for some
+ * schedulers). out has batch x out_channels x height x width values: out_channels = channels, or
+ * 2 x channels for ddpm with variance_type learned / learned_range. Return false on failure: the
+ * step returns DIFFUSION_ERROR_CALLBACK (the sample is unchanged; the step can be retried). */
+typedef bool (*diffusion_denoise_fn)(const float *x, const int32_t shape[4], float timestep,
+                                     float *out, int32_t out_channels, void *user_data);
+
+/* Creates a sampler without a model: denoise is its network. params must give channels, height
+ * and width (batch defaults to 1); the scheduler settings come from params->scheduler_config_json
+ * over the scheduler's diffusers defaults. The start noise is randn(shape) x the scheduler's
+ * init_noise_sigma, as the pipelines do. Guidance scale and class labels do not apply (the
+ * callback does its own conditioning). user_data is passed through untouched. */
+diffusion_status diffusion_sampler_create_with_denoiser(diffusion_denoise_fn denoise, void *user_data,
+                                                        const diffusion_sampler_params *params,
+                                                        diffusion_sampler **out_sampler);
 
 /* Frees a sampler. NULL, or a pointer that is not a live sampler, is a no-op. */
 void diffusion_sampler_free(diffusion_sampler *sampler);
@@ -219,6 +247,41 @@ diffusion_status diffusion_sampler_set_guidance_scale(diffusion_sampler *sampler
  * The default label is 0. */
 diffusion_status diffusion_sampler_set_class_label(diffusion_sampler *sampler,
                                                    const int32_t *labels, int32_t count);
+
+/* Classifier guidance (Dhariwal & Nichol): gradient fills grad (same shape as x) with
+ * grad_x log p(y | x_t) for the model input x at timestep (the same x and timestep the network
+ * gets; channels = the sample's). scale is the gradient scale s. ddpm applies it as the paper's
+ * Algorithm 1 (the step's mean moves by s * variance * grad); every other scheduler through the
+ * eps-form of Algorithm 2: eps' = eps - sqrt(1 - alpha_bar_t) * s * grad, with alpha_bar_t the
+ * noise level of the step (for sigma schedulers 1 / (1 + sigma^2)), converted to the model's
+ * prediction type. gradient NULL or scale 0 turns it off. A false return or a non-finite gradient
+ * makes the step return DIFFUSION_ERROR_CALLBACK. */
+typedef bool (*diffusion_gradient_fn)(const float *x, const int32_t shape[4], float timestep,
+                                      float *grad, void *user_data);
+diffusion_status diffusion_sampler_set_classifier_guidance(diffusion_sampler *sampler,
+                                                           diffusion_gradient_fn gradient,
+                                                           void *user_data, float scale);
+
+/* img2img: start from an image instead of pure noise. strength in (0, 1] picks how much of the
+ * schedule runs, as diffusers' img2img pipelines do: init = min(int(steps * strength), steps),
+ * the first (steps - init) x order iterations are skipped, and the image is noised to the level of
+ * the first remaining one with the sampler's start noise (add_noise). strength 1 starts from
+ * (almost) pure noise. Call before the first step (else DIFFUSION_ERROR_INVALID_STATE).
+ * set_init_latents takes x_0 as float32 NCHW: count = batch x channels x height x width, or
+ * channels x height x width for one image used for the whole batch. set_init_image takes 8-bit
+ * pixels (NHWC, as get_images gives them; size = batch x height x width x channels, or one image)
+ * and maps them to x_0 = pixel / 255 * 2 - 1 like diffusers' image processor. After it the
+ * sampler's timesteps and progress cover only the remaining iterations. */
+diffusion_status diffusion_sampler_set_init_latents(diffusion_sampler *sampler, const float *latents,
+                                                    size_t count, double strength);
+diffusion_status diffusion_sampler_set_init_image(diffusion_sampler *sampler, const uint8_t *pixels,
+                                                  size_t size, double strength);
+
+/* Replaces the sampler's unit start noise (before the first step) with noise, count = batch x
+ * channels x height x width: x_T becomes noise x init_noise_sigma (or the init image noised with
+ * it). With diffusion_noise and diffusion_slerp it renders smooth morphs between seeds. */
+diffusion_status diffusion_sampler_set_start_noise(diffusion_sampler *sampler, const float *noise,
+                                                   size_t count);
 
 /* The sampler's shape: shape[0..3] = batch, channels, height, width. */
 diffusion_status diffusion_sampler_shape(const diffusion_sampler *sampler, int32_t shape[4]);
@@ -268,6 +331,30 @@ void diffusion_sampler_cancel(diffusion_sampler *sampler);
  * batch * height * width * channels. */
 diffusion_status diffusion_sampler_get_images(const diffusion_sampler *sampler, uint8_t *out,
                                               size_t size);
+
+/* ---- Schedulers, noise and interpolation ------------------------------------------------- */
+
+/* The scheduler names, a NULL-terminated static array: ddpm, ddim, euler, euler_a, heun,
+ * dpmpp_2m, pndm, lms, unipc, lcm. */
+const char *const *diffusion_scheduler_names(void);
+
+/* What a scheduler name (or alias, or diffusers class name) means, as a static JSON object:
+ * {"name", "diffusers_class", "implied": {settings the alias sets}, "settings": [diffusers keys it
+ * reads], "defaults": {its diffusers defaults of the shared keys}, "default_steps"}. An unknown
+ * name returns DIFFUSION_ERROR_INVALID_ARGUMENT listing the known ones. The string lives until
+ * the library is unloaded. */
+diffusion_status diffusion_scheduler_info_json(const char *name, const char **out_json);
+
+/* The start noise of a seed: count values of torch.randn(count, generator=
+ * torch.Generator().manual_seed(seed)), i.e. what a sampler with that seed and count =
+ * batch x channels x height x width draws first. */
+diffusion_status diffusion_noise(uint64_t seed, float *out, size_t count);
+
+/* Spherical interpolation of a and b (count values each) at t in [0, 1]: with theta the angle
+ * between them, (sin((1 - t) theta) a + sin(t theta) b) / sin(theta); linear when they are nearly
+ * parallel. out may alias a or b. For a morph, interpolate the start noise of two seeds image by
+ * image and pass it to diffusion_sampler_set_start_noise. */
+diffusion_status diffusion_slerp(const float *a, const float *b, size_t count, float t, float *out);
 
 #ifdef __cplusplus
 }

@@ -4,8 +4,40 @@ import DiffusionCore
 @c @implementation
 public func diffusion_sampler_params_init(_ params: UnsafeMutablePointer<diffusion_sampler_params>!, _ structSize: Int) {
     writeDefaults(diffusion_sampler_params(struct_size: 0, scheduler: nil, steps: 0, seed: 0, batch: 1, height: 0,
-                                           width: 0, eta: 0, scheduler_config_json: nil),
+                                           width: 0, eta: 0, scheduler_config_json: nil, channels: 0),
                   to: params, size: structSize)
+}
+
+/// The caller's params, checked and converted.
+func samplerParams(_ params: UnsafePointer<diffusion_sampler_params>?) throws -> SamplerParams {
+    var defaults = diffusion_sampler_params()
+    diffusion_sampler_params_init(&defaults, MemoryLayout<diffusion_sampler_params>.size)
+    let c = try readParams(params, defaults: defaults, "diffusion_sampler_params")
+    var p = SamplerParams()
+    p.scheduler = try c.scheduler.map { try string($0, "scheduler") }
+    p.steps = Int(c.steps)
+    p.seed = c.seed
+    p.batch = Int(c.batch)
+    p.channels = Int(c.channels)
+    p.height = Int(c.height)
+    p.width = Int(c.width)
+    p.eta = c.eta
+    if let json = c.scheduler_config_json {
+        do { p.schedulerOverrides = try JSONValue.parse(try string(json, "scheduler_config_json")) }
+        catch let e as DiffusionError { throw invalid("scheduler_config_json: \(e.message)") }
+    }
+    return p
+}
+
+/// A C callback as a DenoiseFunction: a false return is DIFFUSION_ERROR_CALLBACK.
+func callback(_ what: String, outChannels: Int?,
+              _ call: @escaping (UnsafePointer<Float>, UnsafePointer<Int32>, Float, UnsafeMutablePointer<Float>, Int32) -> Bool)
+    -> DenoiseFunction {
+    { x, shape, t, out in
+        let dims: [Int32] = [Int32(shape.batch), Int32(shape.channels), Int32(shape.height), Int32(shape.width)]
+        let ok = dims.withUnsafeBufferPointer { call(x, $0.baseAddress!, t, out, Int32(outChannels ?? shape.channels)) }
+        guard ok else { throw DiffusionError(.callback, "the \(what) callback returned false") }
+    }
 }
 
 @c @implementation
@@ -15,22 +47,80 @@ public func diffusion_sampler_create(_ model: OpaquePointer!, _ params: UnsafePo
     return boundary {
         guard let outSampler else { throw invalid("out_sampler is NULL") }
         let m = try HandleRegistry.shared.lookup(model, as: ModelHandle.self, "model").model
-        var defaults = diffusion_sampler_params()
-        diffusion_sampler_params_init(&defaults, MemoryLayout<diffusion_sampler_params>.size)
-        let c = try readParams(params, defaults: defaults, "diffusion_sampler_params")
-        var p = SamplerParams()
-        p.scheduler = try c.scheduler.map { try string($0, "scheduler") }
-        p.steps = Int(c.steps)
-        p.seed = c.seed
-        p.batch = Int(c.batch)
-        p.height = Int(c.height)
-        p.width = Int(c.width)
-        p.eta = c.eta
-        if let json = c.scheduler_config_json {
-            do { p.schedulerOverrides = try JSONValue.parse(try string(json, "scheduler_config_json")) }
-            catch let e as DiffusionError { throw invalid("scheduler_config_json: \(e.message)") }
-        }
+        let p = try samplerParams(params)
         outSampler.pointee = HandleRegistry.shared.register(SamplerHandle(try Sampler(model: m, params: p)))
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_create_with_denoiser(_ denoise: diffusion_denoise_fn!, _ userData: UnsafeMutableRawPointer!,
+                                                  _ params: UnsafePointer<diffusion_sampler_params>!,
+                                                  _ outSampler: UnsafeMutablePointer<OpaquePointer?>!) -> diffusion_status {
+    outSampler?.pointee = nil
+    return boundary {
+        guard let outSampler else { throw invalid("out_sampler is NULL") }
+        guard let denoise else { throw invalid("denoise is NULL") }
+        let p = try samplerParams(params)
+        // The output channel count depends on the scheduler, known once the sampler exists.
+        var factor = 1
+        let sampler = try Sampler(denoiser: { x, shape, t, out in
+            try callback("denoiser", outChannels: shape.channels * factor) { denoise($0, $1, $2, $3, $4, userData) }(x, shape, t, out)
+        }, params: p)
+        factor = sampler.scheduler.modelOutputChannelFactor
+        outSampler.pointee = HandleRegistry.shared.register(SamplerHandle(sampler))
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_set_classifier_guidance(_ sampler: OpaquePointer!, _ gradient: diffusion_gradient_fn!,
+                                                      _ userData: UnsafeMutableRawPointer!, _ scale: Float) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        guard let gradient else { return try s.setClassifierGuidance(nil, scale: scale) }
+        try s.setClassifierGuidance(callback("classifier gradient", outChannels: nil) { x, shape, t, grad, _ in
+            gradient(x, shape, t, grad, userData)
+        }, scale: scale)
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_set_init_latents(_ sampler: OpaquePointer!, _ latents: UnsafePointer<Float>!, _ count: Int,
+                                               _ strength: Double) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        guard let latents else { throw invalid("latents is NULL") }
+        try s.setInitImage(latents, count: count, strength: strength)
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_set_init_image(_ sampler: OpaquePointer!, _ pixels: UnsafePointer<UInt8>!, _ size: Int,
+                                             _ strength: Double) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        guard let pixels else { throw invalid("pixels is NULL") }
+        guard size == s.count || size == s.shape.perSample else {
+            throw invalid("size is \(size), expected \(s.count) (batch x height x width x channels) or \(s.shape.perSample) (one image)")
+        }
+        // NHWC pixels -> NCHW x_0 = pixel / 255 * 2 - 1 (float32, as diffusers' VaeImageProcessor)
+        let hw = s.height * s.width, c = s.channels
+        var x = [Float](repeating: 0, count: size)
+        for n in 0..<(size / (hw * c)) {
+            for ch in 0..<c {
+                for i in 0..<hw { x[(n * c + ch) * hw + i] = 2 * (Float(pixels[(n * hw + i) * c + ch]) / 255) - 1 }
+            }
+        }
+        try s.setInitImage(x, count: size, strength: strength)
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_set_start_noise(_ sampler: OpaquePointer!, _ noise: UnsafePointer<Float>!, _ count: Int) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        guard let noise else { throw invalid("noise is NULL") }
+        try checkCount(s, count, "count")
+        try s.setStartNoise(noise)
     }
 }
 
@@ -73,10 +163,10 @@ public func diffusion_sampler_timesteps(_ sampler: OpaquePointer!, _ out: Unsafe
     boundary {
         let s = try lookupSampler(sampler)
         guard let count else { throw invalid("count is NULL") }
-        let ts = s.scheduler.timesteps
+        let ts = Array(s.timesteps)
         if capacity > 0 {
             guard let out else { throw invalid("out is NULL but capacity is \(capacity)") }
-            for i in 0..<min(capacity, ts.count) { out[i] = Float(ts[i]) }
+            for i in 0..<min(capacity, ts.count) { out[i] = ts[i] }
         }
         count.pointee = ts.count
     }
@@ -122,7 +212,7 @@ public func diffusion_sampler_run(_ sampler: OpaquePointer!, _ progress: diffusi
     boundary {
         let s = try lookupSampler(sampler)
         if let progress {
-            try s.run { step, total, t in progress(Int32(step), Int32(total), Float(t), userData) }
+            try s.run { step, total, t in progress(Int32(step), Int32(total), t, userData) }
         } else {
             try s.run(progress: nil)
         }

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 import diffusers
 from diffusers import (
+    DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -96,6 +97,7 @@ def f32(x) -> float:
 # our name -> diffusers class
 CLASSES = {
     "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
@@ -915,24 +917,54 @@ RUN_CASES = {
              "evaluations; identical to diffusers' PNDMPipeline"),
     "lcm": ("lcm", dict(V), 4, "LCMScheduler defaults + v_prediction, 4 steps (noise in the first 3)"),
 }
+# img2img runs: case -> (scheduler, overrides, steps, strength, description). The init image x0 is
+# uniform in [-1, 1) from its own generator (seed 1234); the run follows diffusers' img2img pipelines:
+# init_timestep = min(int(steps * strength), steps), t_start = steps - init_timestep, timesteps =
+# scheduler.timesteps[t_start * order:], set_begin_index(t_start * order) where the class has it, noise =
+# randn(shape, generator) (the first draw: pixel space, no VAE), x = add_noise(x0, noise, timesteps[:1]).
+IMG2IMG_CASES = {
+    "ddim_img2img": ("ddim", {**V, "clip_sample": False}, 20, 0.6, "DDIM 20 steps, strength 0.6 (12 steps run)"),
+    "ddpm_img2img": ("ddpm", {**V, "clip_sample": False}, 20, 0.5, "DDPM 20 steps, strength 0.5 (noise in every step but t = 0)"),
+    "euler_img2img": ("euler", dict(V), 10, 0.7, "Euler 10 steps, strength 0.7 (add_noise x0 + sigma * noise)"),
+    "euler_a_img2img": ("euler_a", dict(V), 10, 0.45, "Euler-a 10 steps, strength 0.45 (int(4.5) = 4 steps)"),
+    "heun_img2img": ("heun", dict(V), 10, 0.5, "Heun 10 steps, strength 0.5 (begin index 5 * order 2)"),
+    "dpmpp_2m_img2img": ("dpmpp_2m", dict(V), 10, 0.6, "DPM-Solver++(2M) 10 steps, strength 0.6"),
+    "unipc_img2img": ("unipc", dict(V), 10, 0.6, "UniPC 10 steps, strength 0.6"),
+    "lms_img2img": ("lms", dict(V), 10, 0.6, "LMS 10 steps, strength 0.6"),
+    "pndm_img2img": ("pndm", {**V, "skip_prk_steps": True}, 10, 0.6, "PLMS (skip_prk_steps) 10 steps, strength 0.6"),
+}
+
+
+def init_image(shape) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(1234)) * 2 - 1
 
 
 @torch.no_grad()
-def run_unet(unet, kind, overrides, steps, seed, perturb=None):
+def run_unet(unet, kind, overrides, steps, seed, perturb=None, strength=None):
     sched = make_sched(kind, overrides)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     shape = (1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    timesteps = sched.timesteps
     start_rng = randn_tensor(shape, generator=g)
-    init = sched.init_noise_sigma
-    start = start_rng * init
+    if strength is None:
+        init = sched.init_noise_sigma
+        start = start_rng * init
+    else:
+        init_timestep = min(int(steps * strength), steps)
+        t_start = max(steps - init_timestep, 0)
+        timesteps = sched.timesteps[t_start * sched.order:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(t_start * sched.order)
+        init = 1.0
+        start = sched.add_noise(init_image(shape), start_rng, timesteps[:1])
     x = start if perturb is None else start + perturb * init
     kw = step_kwargs(sched, g)
-    for t in sched.timesteps:
+    for t in timesteps:
         xin = sched.scale_model_input(x, t)
         eps = unet(xin, t).sample
         x = sched.step(eps, t, x, **kw).prev_sample
-    return start_rng, start, x, sched
+    return start_rng, start, x, (sched, timesteps)
 
 
 def make_run_fixtures(out: Path, fixtures: Path) -> dict:
@@ -941,16 +973,18 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
     model_dir = fixtures / "unet" / RUN_MODEL
     unet = UNet2DModel.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
     summary = {}
-    for name, (kind, overrides, steps, description) in RUN_CASES.items():
+    cases = {name: (kind, overrides, steps, None, d) for name, (kind, overrides, steps, d) in RUN_CASES.items()}
+    cases.update(IMG2IMG_CASES)
+    for name, (kind, overrides, steps, strength, description) in cases.items():
         chosen, tried = None, []
         for seed in range(20):
-            start_rng, start, final, sched = run_unet(unet, kind, overrides, steps, seed)
+            start_rng, start, final, sched = run_unet(unet, kind, overrides, steps, seed, strength=strength)
             if not torch.isfinite(final).all():
                 tried.append((seed, float("inf")))
                 continue
             d = torch.randn(start.shape, generator=torch.Generator().manual_seed(10_000 + seed))
             d = d / d.abs().max()
-            _, _, final_p, _ = run_unet(unet, kind, overrides, steps, seed, perturb=1e-6 * d)
+            _, _, final_p, _ = run_unet(unet, kind, overrides, steps, seed, perturb=1e-6 * d, strength=strength)
             sens = float((final - final_p).abs().max())
             tried.append((seed, sens))
             if sens < 1e-4 and (chosen is None or sens < chosen[-1]):
@@ -958,8 +992,8 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
             if chosen is not None and seed >= 3:  # best of the first four seeds that are well-conditioned
                 break
         assert chosen is not None, (name, tried)
-        seed, start_rng, start, final, sched, sens = chosen
-        if kind == "pndm":  # the pipeline itself must give the same image
+        seed, start_rng, start, final, (sched, ts), sens = chosen
+        if kind == "pndm" and strength is None:  # the pipeline itself must give the same image
             pipe = PNDMPipeline(unet=unet, scheduler=make_sched(kind, overrides))
             pipe.set_progress_bar_config(disable=True)
             img = pipe(batch_size=1, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
@@ -968,9 +1002,10 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
             assert float(np.abs(img - mine).max()) <= 1e-6, name
         d = root / name
         d.mkdir()
-        ts = sched.timesteps
-        save_tensors(d / "expected.safetensors", {"start_rng": start_rng, "start": start,
-                                                  "timesteps": ts.to(torch.float32), "final": final})
+        tensors = {"start_rng": start_rng, "start": start, "timesteps": ts.to(torch.float32), "final": final}
+        if strength is not None:
+            tensors["init_image"] = init_image(start.shape)
+        save_tensors(d / "expected.safetensors", tensors)
         h = w = unet.config.sample_size
         run = {
             "model": f"../../../unet/{RUN_MODEL}",
@@ -982,6 +1017,7 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
             "iterations": len(ts),
             "timesteps": [int(v) for v in ts] if not ts.is_floating_point() else [float(v) for v in ts],
             "seed": seed,
+            **({} if strength is None else {"strength": strength}),
             "batch": 1,
             "height": h,
             "width": w,

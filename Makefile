@@ -49,7 +49,7 @@ test-swift: deps
 
 test-c: build
 	$(PYTHON) Tests/c/check_library.py $(LIB)
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(BUILD_DIR) -ldiffusion -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_api
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_api
 	$(BUILD_DIR)/test_api Tests/Fixtures
 
 # Install into a temporary prefix, then build and run the C example with pkg-config only.

@@ -27,6 +27,7 @@ public func diffusion_status_string(_ status: diffusion_status) -> UnsafePointer
     case DIFFUSION_ERROR_OUT_OF_MEMORY: name = "DIFFUSION_ERROR_OUT_OF_MEMORY"
     case DIFFUSION_ERROR_INVALID_STATE: name = "DIFFUSION_ERROR_INVALID_STATE"
     case DIFFUSION_ERROR_INTERNAL: name = "DIFFUSION_ERROR_INTERNAL"
+    case DIFFUSION_ERROR_CALLBACK: name = "DIFFUSION_ERROR_CALLBACK"
     default: name = "unknown status"
     }
     return UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)

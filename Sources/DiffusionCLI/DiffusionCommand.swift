@@ -37,7 +37,7 @@ struct DiffusionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diffusion",
         abstract: "Generate images with diffusion models on the CPU (libdiffusion).",
-        subcommands: [Generate.self, Info.self],
+        subcommands: [Generate.self, Info.self, Schedulers.self],
         defaultSubcommand: Generate.self)
 
     /// One clear line on stderr and a non-zero exit for library errors.
@@ -66,6 +66,18 @@ struct Info: ParsableCommand {
     }
 }
 
+struct Schedulers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the schedulers, their diffusers classes and aliases.")
+
+    func run() throws {
+        for e in SchedulerRegistry.entries {
+            let aliases = SchedulerRegistry.aliases.filter { $0.name == e.name }.map(\.alias)
+            let pad = String(repeating: " ", count: max(1, 10 - e.name.count))
+            print("\(e.name)\(pad)\(e.diffusersClass)" + (aliases.isEmpty ? "" : "  (also: \(aliases.joined(separator: ", ")))"))
+        }
+    }
+}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Generate a grid of images and write it as a PNG.")
     @OptionGroup var modelOption: ModelOption
@@ -77,10 +89,13 @@ struct Generate: ParsableCommand {
     @Option(help: "Classifier-free guidance scale (1 = none).")
     var guidance: Float = 1
 
-    @Option(help: "Sampler: ddpm or ddim (default: the model's).")
+    @Option(help: "Scheduler: ddpm, ddim, euler, euler_a, heun, dpmpp_2m, pndm, lms, unipc, lcm or an alias (`diffusion schedulers`; default: the model's).")
     var scheduler: String?
 
-    @Option(help: "Inference steps (default: ddpm all training steps, ddim 50).")
+    @Option(help: ArgumentHelp("Scheduler settings as a JSON object of diffusers keys, e.g. '{\"use_karras_sigmas\": true}'.", valueName: "json"))
+    var schedulerConfig: String?
+
+    @Option(help: "Inference steps (default: ddpm all training steps, lcm 4, others 50).")
     var steps: Int = 0
 
     @Option(help: "Random seed (torch.manual_seed compatible).")
@@ -137,6 +152,11 @@ struct Generate: ParsableCommand {
 
         var p = SamplerParams()
         p.scheduler = scheduler
+        if let json = schedulerConfig {
+            do { p.schedulerOverrides = try JSONValue.parse(json) } catch let e as DiffusionError {
+                throw DiffusionError(.invalidArgument, "--scheduler-config: \(e.message)")
+            }
+        }
         p.steps = steps
         p.seed = seed
         p.batch = batch

@@ -255,14 +255,14 @@ static void test_version_and_status(void) {
         "DIFFUSION_OK", "DIFFUSION_ERROR_INVALID_ARGUMENT", "DIFFUSION_ERROR_IO",
         "DIFFUSION_ERROR_INVALID_FILE", "DIFFUSION_ERROR_UNSUPPORTED", "DIFFUSION_ERROR_MODEL_MISMATCH",
         "DIFFUSION_ERROR_CANCELLED", "DIFFUSION_ERROR_NO_UNCONDITIONAL", "DIFFUSION_ERROR_OUT_OF_MEMORY",
-        "DIFFUSION_ERROR_INVALID_STATE", "DIFFUSION_ERROR_INTERNAL",
+        "DIFFUSION_ERROR_INVALID_STATE", "DIFFUSION_ERROR_INTERNAL", "DIFFUSION_ERROR_CALLBACK",
     };
-    CHECK(DIFFUSION_ERROR_INTERNAL == 10);
-    for (int i = 0; i <= (int)DIFFUSION_ERROR_INTERNAL; i++) {
+    CHECK(DIFFUSION_ERROR_INTERNAL == 10 && DIFFUSION_ERROR_CALLBACK == 11);
+    for (int i = 0; i <= (int)DIFFUSION_ERROR_CALLBACK; i++) {
         const char *s = diffusion_status_string((diffusion_status)i);
         CHECK(s != NULL && strcmp(s, names[i]) == 0);
     }
-    CHECK(strcmp(diffusion_status_string((diffusion_status)11), "unknown status") == 0);
+    CHECK(strcmp(diffusion_status_string((diffusion_status)12), "unknown status") == 0);
     CHECK(strcmp(diffusion_status_string((diffusion_status)12345), "unknown status") == 0);
     CHECK(strcmp(diffusion_status_string((diffusion_status)-1), "unknown status") == 0);
     CHECK(diffusion_last_error() != NULL);
@@ -459,7 +459,7 @@ static void test_params_versions(void) {
     diffusion_sampler_params sp;
     diffusion_sampler_params_init(&sp, sizeof sp);
     CHECK(sp.struct_size == sizeof sp && sp.scheduler == NULL && sp.steps == 0 && sp.seed == 0 && sp.batch == 1 &&
-          sp.height == 0 && sp.width == 0 && sp.eta == 0 && sp.scheduler_config_json == NULL);
+          sp.height == 0 && sp.width == 0 && sp.eta == 0 && sp.scheduler_config_json == NULL && sp.channels == 0);
     /* An older caller's smaller struct: init writes only the bytes it was given. */
     {
         unsigned char older[sizeof(diffusion_sampler_params) + 16];
@@ -603,9 +603,9 @@ static void test_load_errors(void) {
     /* Scheduler config: an unknown scheduler class is unsupported. */
     CHECK(make_model_dir(dir, "plain", "plain"));
     snprintf(file, sizeof file, "%s/scheduler_config.json", dir);
-    const char *sched = "{\"_class_name\": \"EulerDiscreteScheduler\"}";
+    const char *sched = "{\"_class_name\": \"KDPM2DiscreteScheduler\"}";
     CHECK(write_file(file, sched, strlen(sched)));
-    CHECK_ERROR(diffusion_model_load(dir, NULL, &m), DIFFUSION_ERROR_UNSUPPORTED, "EulerDiscreteScheduler");
+    CHECK_ERROR(diffusion_model_load(dir, NULL, &m), DIFFUSION_ERROR_UNSUPPORTED, "KDPM2DiscreteScheduler");
     /* A DDIM scheduler_config.json makes ddim the default scheduler (50 steps). */
     sched = "{\"_class_name\": \"DDIMScheduler\", \"num_train_timesteps\": 1000}";
     CHECK(write_file(file, sched, strlen(sched)));
@@ -727,7 +727,7 @@ static void test_sampler_create_errors(void) {
     diffusion_model *m = load("plain", 1);
     CHECK_OK(create_with(m, "ddpm", 10, 2, 0, 0, NULL));
     CHECK_OK(create_with(m, "ddim", 10, 1, 32, 0.5f, "{\"timestep_spacing\": \"trailing\", \"clip_sample\": false}"));
-    CHECK_ERROR(create_with(m, "euler", 10, 1, 0, 0, NULL), DIFFUSION_ERROR_INVALID_ARGUMENT, "euler");
+    CHECK_ERROR(create_with(m, "k_dpm_2", 10, 1, 0, 0, NULL), DIFFUSION_ERROR_INVALID_ARGUMENT, "k_dpm_2");
     CHECK_ERROR(create_with(m, "", 10, 1, 0, 0, NULL), DIFFUSION_ERROR_INVALID_ARGUMENT, "scheduler");
     CHECK_ERROR(create_with(m, "ddim", 10, 1, 0, 0, "{\"clip_sample\": "), DIFFUSION_ERROR_INVALID_ARGUMENT, "scheduler_config_json");
     CHECK_ERROR(create_with(m, "ddim", 10, 1, 0, 0, "[1, 2]"), DIFFUSION_ERROR_INVALID_ARGUMENT, NULL);
@@ -1157,6 +1157,268 @@ static void test_threads_and_determinism(void) {
     diffusion_model_free(m);
 }
 
+
+/* ---- Issue 4: scheduler names, caller's denoiser, classifier guidance, img2img, noise ------ */
+
+typedef struct {
+    int calls;
+    bool fail;
+    float last_t;
+    int32_t shape[4];
+    int32_t out_channels;
+} toy_state;
+
+/* 0.7 x + 0.3 sin x: a contraction, like the fixtures' toy network. */
+static bool toy_denoise(const float *x, const int32_t shape[4], float t, float *out, int32_t out_channels,
+                        void *user) {
+    toy_state *st = user;
+    st->calls++;
+    st->last_t = t;
+    memcpy(st->shape, shape, sizeof st->shape);
+    st->out_channels = out_channels;
+    if (st->fail) return false;
+    size_t n = (size_t)shape[0] * (size_t)out_channels * (size_t)shape[2] * (size_t)shape[3];
+    for (size_t i = 0; i < n; i++) out[i] = 0.7f * x[i % ((size_t)shape[0] * shape[1] * shape[2] * shape[3])] +
+                                            0.3f * sinf(x[i % ((size_t)shape[0] * shape[1] * shape[2] * shape[3])]);
+    return true;
+}
+
+static diffusion_sampler *toy_sampler(toy_state *st, const char *scheduler, int32_t steps, uint64_t seed) {
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.scheduler = scheduler;
+    sp.steps = steps;
+    sp.seed = seed;
+    sp.batch = 2;
+    sp.channels = 3;
+    sp.height = 4;
+    sp.width = 5;
+    diffusion_sampler *s = NULL;
+    CHECK_OK(diffusion_sampler_create_with_denoiser(toy_denoise, st, &sp, &s));
+    return s;
+}
+
+static bool gradient_fails(const float *x, const int32_t shape[4], float t, float *grad, void *user) {
+    (void)x; (void)shape; (void)t; (void)grad; (void)user;
+    return false;
+}
+
+static bool gradient_nan(const float *x, const int32_t shape[4], float t, float *grad, void *user) {
+    (void)x; (void)t; (void)user;
+    size_t n = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+    for (size_t i = 0; i < n; i++) grad[i] = NAN;
+    return true;
+}
+
+static bool gradient_ones(const float *x, const int32_t shape[4], float t, float *grad, void *user) {
+    (void)x; (void)t;
+    (*(int *)user)++;
+    size_t n = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+    for (size_t i = 0; i < n; i++) grad[i] = 1;
+    return true;
+}
+
+static void test_scheduler_names(void) {
+    const char *const *names = diffusion_scheduler_names();
+    static const char *const expected[] = {"ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m",
+                                           "pndm", "lms", "unipc", "lcm"};
+    size_t n = 0;
+    while (names[n] != NULL) n++;
+    CHECK(n == sizeof expected / sizeof expected[0]);
+    for (size_t i = 0; i < n && i < sizeof expected / sizeof expected[0]; i++) CHECK(strcmp(names[i], expected[i]) == 0);
+
+    const char *json = NULL;
+    CHECK_OK(diffusion_scheduler_info_json("dpmpp_2m_sde", &json));
+    CHECK(json != NULL && strstr(json, "\"DPMSolverMultistepScheduler\"") && strstr(json, "sde-dpmsolver++"));
+    const char *again = NULL;
+    CHECK_OK(diffusion_scheduler_info_json("dpmpp_2m_sde", &again));
+    CHECK(again == json); /* static: the same string each time */
+    CHECK_OK(diffusion_scheduler_info_json("EulerAncestralDiscreteScheduler", &json));
+    CHECK(strstr(json, "\"euler_a\"") != NULL);
+    CHECK_ERROR(diffusion_scheduler_info_json("k_dpm_fast", &json), DIFFUSION_ERROR_INVALID_ARGUMENT, "unipc");
+    CHECK(json == NULL);
+    CHECK_ERROR(diffusion_scheduler_info_json(NULL, &json), DIFFUSION_ERROR_INVALID_ARGUMENT, "name");
+    CHECK_ERROR(diffusion_scheduler_info_json("ddim", NULL), DIFFUSION_ERROR_INVALID_ARGUMENT, "out_json");
+
+    /* eta belongs to ddim; unknown names list the known ones. */
+    diffusion_model *m = load("plain", 1);
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    diffusion_sampler *s = NULL;
+    sp.scheduler = "ddpm";
+    sp.eta = 0.5f;
+    CHECK_ERROR(diffusion_sampler_create(m, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "eta");
+    sp.eta = 0;
+    sp.scheduler = "k_dpm_fast";
+    CHECK_ERROR(diffusion_sampler_create(m, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "euler_a");
+    sp.scheduler = "ddim";
+    sp.channels = 4; /* the model takes 3 */
+    CHECK_ERROR(diffusion_sampler_create(m, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "channels");
+    sp.channels = 3;
+    sp.steps = 4;
+    CHECK_OK(diffusion_sampler_create(m, &sp, &s));
+    diffusion_sampler_free(s);
+    diffusion_model_free(m);
+}
+
+static void test_custom_denoiser(void) {
+    toy_state st = {0};
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    diffusion_sampler *s = (diffusion_sampler *)(uintptr_t)0x10;
+    CHECK_ERROR(diffusion_sampler_create_with_denoiser(NULL, &st, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "denoise");
+    CHECK(s == NULL);
+    CHECK_ERROR(diffusion_sampler_create_with_denoiser(toy_denoise, &st, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT,
+                "channels");
+    CHECK_ERROR(diffusion_sampler_create_with_denoiser(toy_denoise, &st, NULL, &s), DIFFUSION_ERROR_INVALID_ARGUMENT,
+                "channels");
+    CHECK_ERROR(diffusion_sampler_create_with_denoiser(toy_denoise, &st, &sp, NULL), DIFFUSION_ERROR_INVALID_ARGUMENT,
+                "out_sampler");
+
+    s = toy_sampler(&st, "ddim", 10, 3);
+    int32_t shape[4];
+    CHECK_OK(diffusion_sampler_shape(s, shape));
+    CHECK(shape[0] == 2 && shape[1] == 3 && shape[2] == 4 && shape[3] == 5);
+    /* The start noise is torch.randn(shape) of the seed (init_noise_sigma 1 for ddim). */
+    size_t n = latent_count(s);
+    float *noise = malloc(n * sizeof *noise), *x = latents_of(s);
+    CHECK_OK(diffusion_noise(3, noise, n));
+    CHECK(memcmp(noise, x, n * sizeof *x) == 0);
+    free(x);
+
+    CHECK_ERROR(diffusion_sampler_set_guidance_scale(s, 2), DIFFUSION_ERROR_NO_UNCONDITIONAL, "denoiser");
+    CHECK_OK(diffusion_sampler_set_guidance_scale(s, 1));
+    int32_t label = 1;
+    CHECK_ERROR(diffusion_sampler_set_class_label(s, &label, 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "model");
+
+    /* A failing callback fails the step with CALLBACK and leaves the sampler where it was. */
+    st.fail = true;
+    CHECK_ERROR(diffusion_sampler_step(s, NULL), DIFFUSION_ERROR_CALLBACK, "denoiser");
+    int32_t done = -1, total = -1;
+    CHECK_OK(diffusion_sampler_progress(s, &done, &total));
+    CHECK(done == 0 && total == 10);
+    st.fail = false;
+    st.calls = 0;
+    CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
+    CHECK(st.calls == 10);
+    CHECK(st.shape[0] == 2 && st.shape[1] == 3 && st.shape[2] == 4 && st.shape[3] == 5 && st.out_channels == 3);
+    float ts[10];
+    size_t count = 0;
+    CHECK_OK(diffusion_sampler_timesteps(s, ts, 10, &count));
+    CHECK(count == 10 && st.last_t == ts[9]);
+    x = latents_of(s);
+    CHECK(all_finite(x, n));
+    free(x);
+    diffusion_sampler_free(s);
+
+    /* Every scheduler runs with a caller's denoiser; heun evaluates 2n-1 times. */
+    const char *const *names = diffusion_scheduler_names();
+    for (size_t i = 0; names[i] != NULL; i++) {
+        st.calls = 0;
+        s = toy_sampler(&st, names[i], 6, 1);
+        if (s == NULL) continue;
+        CHECK_OK(diffusion_sampler_timesteps(s, NULL, 0, &count));
+        CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
+        CHECK(st.calls == (int)count);
+        if (strcmp(names[i], "heun") == 0) CHECK(count == 11);
+        x = latents_of(s);
+        CHECK(all_finite(x, n));
+        free(x);
+        diffusion_sampler_free(s);
+    }
+    free(noise);
+}
+
+static void test_classifier_guidance_and_img2img(void) {
+    toy_state st = {0};
+    diffusion_sampler *s = toy_sampler(&st, "euler", 8, 5);
+    int grads = 0;
+    CHECK_ERROR(diffusion_sampler_set_classifier_guidance(s, gradient_ones, &grads, NAN),
+                DIFFUSION_ERROR_INVALID_ARGUMENT, "scale");
+    CHECK_OK(diffusion_sampler_set_classifier_guidance(s, gradient_fails, NULL, 1));
+    CHECK_ERROR(diffusion_sampler_step(s, NULL), DIFFUSION_ERROR_CALLBACK, "classifier gradient");
+    CHECK_OK(diffusion_sampler_set_classifier_guidance(s, gradient_nan, NULL, 1));
+    CHECK_ERROR(diffusion_sampler_step(s, NULL), DIFFUSION_ERROR_CALLBACK, "not finite");
+    /* A constant gradient pushes every value up compared with the unguided run. */
+    CHECK_OK(diffusion_sampler_set_classifier_guidance(s, gradient_ones, &grads, 2));
+    CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
+    CHECK(grads == 8);
+    size_t n = latent_count(s);
+    float *guided = latents_of(s);
+    diffusion_sampler_free(s);
+    s = toy_sampler(&st, "euler", 8, 5);
+    CHECK_OK(diffusion_sampler_set_classifier_guidance(s, gradient_ones, &grads, 0)); /* 0 = off */
+    CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
+    float *plain = latents_of(s);
+    double mean_shift = 0;
+    for (size_t i = 0; i < n; i++) mean_shift += (double)guided[i] - plain[i];
+    CHECK(mean_shift / (double)n > 0.1);
+    free(guided);
+    free(plain);
+    diffusion_sampler_free(s);
+
+    /* img2img: strength picks the tail of the schedule; only before the first step. */
+    s = toy_sampler(&st, "ddim", 10, 2);
+    float *image = calloc(n, sizeof *image);
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, image, n, 0.0), DIFFUSION_ERROR_INVALID_ARGUMENT, "strength");
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, image, n, 1.5), DIFFUSION_ERROR_INVALID_ARGUMENT, "strength");
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, image, n, NAN), DIFFUSION_ERROR_INVALID_ARGUMENT, "strength");
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, image, n, 0.05), DIFFUSION_ERROR_INVALID_ARGUMENT, "strength");
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, image, n - 1, 0.5), DIFFUSION_ERROR_INVALID_ARGUMENT, "expected");
+    CHECK_ERROR(diffusion_sampler_set_init_latents(s, NULL, n, 0.5), DIFFUSION_ERROR_INVALID_ARGUMENT, "latents");
+    float full[10], tail[10];
+    size_t count = 0;
+    CHECK_OK(diffusion_sampler_timesteps(s, full, 10, &count));
+    CHECK_OK(diffusion_sampler_set_init_latents(s, image, n / 2, 0.7)); /* one image for the batch */
+    CHECK_OK(diffusion_sampler_timesteps(s, tail, 10, &count));
+    CHECK(count == 7 && memcmp(tail, full + 3, 7 * sizeof(float)) == 0);
+    int32_t done = -1, total = -1;
+    CHECK_OK(diffusion_sampler_progress(s, &done, &total));
+    CHECK(done == 0 && total == 7);
+    uint8_t *pixels = malloc(n);
+    memset(pixels, 255, n);
+    CHECK_ERROR(diffusion_sampler_set_init_image(s, pixels, n + 1, 0.5), DIFFUSION_ERROR_INVALID_ARGUMENT, "size");
+    CHECK_OK(diffusion_sampler_set_init_image(s, pixels, n, 0.5));
+    CHECK_OK(diffusion_sampler_timesteps(s, NULL, 0, &count));
+    CHECK(count == 5);
+    CHECK_OK(diffusion_sampler_step(s, NULL));
+    CHECK_ERROR(diffusion_sampler_set_init_image(s, pixels, n, 0.5), DIFFUSION_ERROR_INVALID_STATE, "first step");
+    float *noise = calloc(n, sizeof *noise);
+    CHECK_ERROR(diffusion_sampler_set_start_noise(s, noise, n), DIFFUSION_ERROR_INVALID_STATE, "first step");
+    diffusion_sampler_free(s);
+
+    /* start noise + slerp */
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *mid = malloc(n * sizeof *mid);
+    CHECK_OK(diffusion_noise(11, a, n));
+    CHECK_OK(diffusion_noise(12, b, n));
+    CHECK_OK(diffusion_slerp(a, b, n, 0, mid));
+    double err = 0;
+    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)mid[i] - a[i]));
+    CHECK(err < 1e-6);
+    CHECK_OK(diffusion_slerp(a, b, n, 1, mid));
+    err = 0;
+    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)mid[i] - b[i]));
+    CHECK(err < 1e-6);
+    CHECK_OK(diffusion_slerp(a, b, n, 0.5f, mid));
+    double na = 0, nm = 0;
+    for (size_t i = 0; i < n; i++) { na += (double)a[i] * a[i]; nm += (double)mid[i] * mid[i]; }
+    CHECK(nm > 0.8 * na); /* a linear midpoint of independent noise would have about half the norm */
+    CHECK_ERROR(diffusion_slerp(a, NULL, n, 0.5f, mid), DIFFUSION_ERROR_INVALID_ARGUMENT, "NULL");
+    s = toy_sampler(&st, "euler", 8, 5);
+    CHECK_ERROR(diffusion_sampler_set_start_noise(s, mid, n - 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "count");
+    CHECK_OK(diffusion_sampler_set_start_noise(s, mid, n));
+    float *x = latents_of(s);
+    /* euler's x_T = noise * init_noise_sigma (> 1): proportional to mid */
+    double ratio = (double)x[0] / mid[0];
+    CHECK(ratio > 1);
+    err = 0;
+    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)x[i] - ratio * mid[i]));
+    CHECK(err < 1e-3);
+    free(x);
+    diffusion_sampler_free(s);
+    free(a); free(b); free(mid); free(noise); free(pixels); free(image);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s FIXTURES_DIR (e.g. Tests/Fixtures)\n", argv[0]);
@@ -1183,6 +1445,9 @@ int main(int argc, char **argv) {
         {"progress_cancel", test_progress_cancel},
         {"cancel_from_thread", test_cancel_from_thread},
         {"threads_and_determinism", test_threads_and_determinism},
+        {"scheduler_names", test_scheduler_names},
+        {"custom_denoiser", test_custom_denoiser},
+        {"classifier_guidance_img2img", test_classifier_guidance_and_img2img},
     };
     double start = now_seconds();
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

@@ -54,7 +54,7 @@ expect_error "does not exist" generate --model /nonexistent/model
 expect_error "unconditional" generate --model "$fixtures/plain" --guidance 3 --steps 2
 expect_error "not class-conditional" generate --model "$fixtures/plain" --class 3
 expect_error "is not a label" generate --model "$fixtures/class_cond_null" --class 11
-expect_error "unknown scheduler" generate --model "$fixtures/plain" --scheduler euler
+expect_error "unknown scheduler" generate --model "$fixtures/plain" --scheduler k_dpm_2
 expect_error "count" generate --model "$fixtures/plain" --count 0
 expect_error "cannot write" generate --model "$fixtures/plain" --steps 1 --scheduler ddim --output /nonexistent/dir/x.png
 [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] || fail "error is not one line: $(cat "$tmp/err.txt")"

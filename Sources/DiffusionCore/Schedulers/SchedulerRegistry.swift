@@ -53,6 +53,7 @@ public enum SchedulerRegistry {
         ("plms", "pndm", [("skip_prk_steps", .bool(true))]),
         ("euler_karras", "euler", [("use_karras_sigmas", .bool(true))]),
         ("lms_karras", "lms", [("use_karras_sigmas", .bool(true))]),
+        ("ddim_trailing", "ddim", [("timestep_spacing", .string("trailing"))]),
     ]
 
     /// Our name and implied settings for a name, an alias or a diffusers class name; nil if unknown.

@@ -935,6 +935,34 @@ IMG2IMG_CASES = {
 }
 
 
+# A network with learned variances (improved DDPM): unet/plain with out_channels 6, its conv_out
+# extended by a second, small random block (v = 0.1-scaled) that predicts the variance interpolation.
+LEARNED_CASES = {
+    "ddpm_learned_range_unet": ("ddpm", {**V, "variance_type": "learned_range", "clip_sample": False}, 10,
+                                "DDPM learned_range on a 3 -> 6 channel UNet (unet/plain + a variance head), 10 steps"),
+    "ddpm_learned_unet": ("ddpm", {**V, "variance_type": "learned", "clip_sample": False}, 10,
+                          "DDPM learned (the head's output is the variance) on a 3 -> 6 channel UNet, 10 steps"),
+}
+
+
+def learned_unet(plain_dir: Path, variance_type: str) -> UNet2DModel:
+    base = UNet2DModel.from_pretrained(plain_dir, torch_dtype=torch.float32)
+    cfg = dict(base.config)
+    cfg["out_channels"] = 2 * cfg["in_channels"]
+    unet = UNet2DModel.from_config(cfg)
+    state = base.state_dict()
+    g = torch.Generator().manual_seed(4321)
+    w, b = state["conv_out.weight"], state["conv_out.bias"]
+    extra_w = torch.randn(w.shape, generator=g) * 0.1 * w.abs().mean()
+    extra_b = torch.rand(b.shape, generator=g) * 0.5 - 0.25
+    if variance_type == "learned":  # the head's output is the variance itself: keep it positive, ~beta
+        extra_w, extra_b = extra_w * 0.01, torch.full(b.shape, 0.02)
+    state["conv_out.weight"] = torch.cat([w, extra_w])
+    state["conv_out.bias"] = torch.cat([b, extra_b])
+    unet.load_state_dict(state)
+    return unet.eval()
+
+
 def init_image(shape) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(1234)) * 2 - 1
 
@@ -975,7 +1003,11 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
     summary = {}
     cases = {name: (kind, overrides, steps, None, d) for name, (kind, overrides, steps, d) in RUN_CASES.items()}
     cases.update(IMG2IMG_CASES)
+    cases.update({name: (kind, o, steps, None, d) for name, (kind, o, steps, d) in LEARNED_CASES.items()})
+    plain_unet = unet
     for name, (kind, overrides, steps, strength, description) in cases.items():
+        learned = name in LEARNED_CASES
+        unet = learned_unet(model_dir, overrides["variance_type"]) if learned else plain_unet
         chosen, tried = None, []
         for seed in range(20):
             start_rng, start, final, sched = run_unet(unet, kind, overrides, steps, seed, strength=strength)
@@ -1002,13 +1034,15 @@ def make_run_fixtures(out: Path, fixtures: Path) -> dict:
             assert float(np.abs(img - mine).max()) <= 1e-6, name
         d = root / name
         d.mkdir()
+        if learned:
+            unet.save_pretrained(d / "model", safe_serialization=True)
         tensors = {"start_rng": start_rng, "start": start, "timesteps": ts.to(torch.float32), "final": final}
         if strength is not None:
             tensors["init_image"] = init_image(start.shape)
         save_tensors(d / "expected.safetensors", tensors)
         h = w = unet.config.sample_size
         run = {
-            "model": f"../../../unet/{RUN_MODEL}",
+            "model": "model" if learned else f"../../../unet/{RUN_MODEL}",
             "scheduler": kind,
             "diffusers_class": CLASSES[kind].__name__,
             "scheduler_config": overrides,

@@ -1183,6 +1183,25 @@ static bool toy_denoise(const float *x, const int32_t shape[4], float t, float *
     return true;
 }
 
+/* A denoiser that tries to step (and to re-seed) its own sampler from inside the callback. */
+typedef struct {
+    diffusion_sampler *self;
+    diffusion_status inner_step, inner_noise;
+} reentrant_state;
+
+static bool reentrant_denoise(const float *x, const int32_t shape[4], float t, float *out, int32_t out_channels,
+                              void *user) {
+    (void)t;
+    reentrant_state *st = user;
+    size_t n = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+    st->inner_step = diffusion_sampler_step(st->self, NULL);
+    float *noise = calloc(n, sizeof *noise);
+    st->inner_noise = diffusion_sampler_set_start_noise(st->self, noise, n);
+    free(noise);
+    for (size_t i = 0; i < n * (size_t)out_channels / (size_t)shape[1]; i++) out[i] = x[i % n];
+    return true;
+}
+
 static diffusion_sampler *toy_sampler(toy_state *st, const char *scheduler, int32_t steps, uint64_t seed) {
     diffusion_sampler_params sp;
     diffusion_sampler_params_init(&sp, sizeof sp);
@@ -1310,6 +1329,25 @@ static void test_custom_denoiser(void) {
     CHECK(all_finite(x, n));
     free(x);
     diffusion_sampler_free(s);
+
+    /* A callback that steps its own sampler gets INVALID_STATE; the outer step completes. */
+    {
+        reentrant_state rs = {0};
+        diffusion_sampler_params rp;
+        diffusion_sampler_params_init(&rp, sizeof rp);
+        rp.scheduler = "ddim";
+        rp.steps = 3;
+        rp.channels = 1;
+        rp.height = rp.width = 2;
+        CHECK_OK(diffusion_sampler_create_with_denoiser(reentrant_denoise, &rs, &rp, &rs.self));
+        CHECK_OK(diffusion_sampler_step(rs.self, NULL));
+        CHECK(rs.inner_step == DIFFUSION_ERROR_INVALID_STATE);
+        CHECK(strstr(diffusion_last_error(), "callbacks") != NULL || rs.inner_noise == DIFFUSION_ERROR_INVALID_STATE);
+        CHECK(rs.inner_noise == DIFFUSION_ERROR_INVALID_STATE);
+        CHECK_OK(diffusion_sampler_progress(rs.self, &done, &total));
+        CHECK(done == 1 && total == 3);
+        diffusion_sampler_free(rs.self);
+    }
 
     /* Every scheduler runs with a caller's denoiser; heun evaluates 2n-1 times. */
     const char *const *names = diffusion_scheduler_names();

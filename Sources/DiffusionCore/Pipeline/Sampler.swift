@@ -46,6 +46,8 @@ public final class Sampler {
     private var latents: Tensor
     private var classifier: (gradient: DenoiseFunction, scale: Float)? = nil
     private let cancelRequested = Atomic<Bool>(false)
+    /// Set during a step, so a callback that steps its own sampler gets an error, not a tangle.
+    private var stepping = false
 
     public var batch: Int { shape.batch }
     public var channels: Int { shape.channels }
@@ -146,7 +148,7 @@ public final class Sampler {
     }
 
     private func checkNotStarted(_ what: String) throws {
-        guard iteration == firstIteration else {
+        guard iteration == firstIteration, !stepping else {
             throw DiffusionError(.invalidState, "\(what) must come before the first step (\(stepIndex) steps done)")
         }
     }
@@ -229,6 +231,11 @@ public final class Sampler {
         guard iteration < scheduler.timesteps.count else {
             throw DiffusionError(.invalidState, "all \(totalSteps) steps are done")
         }
+        guard !stepping else {
+            throw DiffusionError(.invalidState, "step called from within one of this sampler's own callbacks")
+        }
+        stepping = true
+        defer { stepping = false }
         let i = iteration
         let t = scheduler.timesteps[i]
         // scale_model_input

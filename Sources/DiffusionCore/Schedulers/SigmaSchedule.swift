@@ -46,8 +46,9 @@ enum SigmaSchedule {
         var low = 0
         for i in logSigmas.indices where logSigma - Double(logSigmas[i]) >= 0 { low = i }
         low = min(low, logSigmas.count - 2)
-        let lo = Double(logSigmas[low]), hi = Double(logSigmas[low + 1])
-        let w = min(max((lo - logSigma) / (lo - hi), 0), 1)
+        // low − log σ is float64 (numpy promotes against the float64 σ), low − high stays float32
+        let lo = Double(logSigmas[low]), width = Double(logSigmas[low] - logSigmas[low + 1])
+        let w = min(max((lo - logSigma) / width, 0), 1)
         return (1 - w) * Double(low) + w * Double(low + 1)
     }
 }

@@ -49,3 +49,25 @@ import DiffusionCore
         }
     }
 }
+
+/// DDPM/DDIM timesteps where numpy's arithmetic decides (values from numpy 2.4).
+@Suite struct IntegerTimestepTests {
+    @Test func trailingFollowsNumpyArange() throws {
+        var config = SchedulerConfig(for: "ddim")
+        try config.apply(.object([("timestep_spacing", .string("trailing"))]))
+        // np.round(np.arange(1000, 0, -1000/48)) - 1 starts 999, 978, 957, 936 (not 937)
+        #expect(Array(try config.timesteps(steps: 48).prefix(6)) == [999, 978, 957, 936, 916, 895])
+        #expect(try config.timesteps(steps: 7) == [999, 856, 713, 570, 428, 285, 142])
+    }
+
+    @Test func outOfRangeTimestepsAreRefused() throws {
+        var trailing = SchedulerConfig(for: "ddim")
+        try trailing.apply(.object([("timestep_spacing", .string("trailing"))]))
+        // numpy's arange gives 62 values for 61 steps, the last -1 (diffusers would wrap to ᾱ_999)
+        #expect(throws: DiffusionError.self) { try DDIMScheduler(config: trailing, steps: 61, eta: 0) }
+        var leading = SchedulerConfig(for: "ddim")
+        try leading.apply(.object([("steps_offset", .number(1))]))
+        #expect(throws: DiffusionError.self) { try DDPMScheduler(config: leading, steps: 1000) }
+        #expect(try leading.timesteps(steps: 999).first == 999)
+    }
+}

@@ -162,6 +162,15 @@ public struct SchedulerConfig {
 
     /// The inference timesteps, as set_timesteps computes them for DDPM and DDIM.
     public func timesteps(steps: Int) throws -> [Int] {
+        let ts = try spacedTimesteps(steps: steps)
+        // diffusers indexes alphas_cumprod with these; out of range it wraps (-1) or raises (n).
+        if let bad = ts.first(where: { $0 < 0 || $0 >= numTrainTimesteps }) {
+            throw DiffusionError(.invalidArgument, "\(steps) steps with timestep_spacing \(timestepSpacing.rawValue) and steps_offset \(stepsOffset) give timestep \(bad), outside [0, \(numTrainTimesteps - 1)] (diffusers would index out of range); choose another step count")
+        }
+        return ts
+    }
+
+    private func spacedTimesteps(steps: Int) throws -> [Int] {
         let n = numTrainTimesteps
         guard steps >= 1, steps <= n else {
             throw DiffusionError(.invalidArgument, "steps \(steps) must be between 1 and num_train_timesteps (\(n))")
@@ -177,12 +186,8 @@ public struct SchedulerConfig {
             let ratio = n / steps
             return (0..<steps).reversed().map { $0 * ratio + stepsOffset }
         case .trailing:
-            // np.round(np.arange(n, 0, -n/steps)) - 1
-            let ratio = Double(n) / Double(steps)
-            let count = Int((Double(-n) / -ratio).rounded(.up))   // numpy's arange length
-            var out: [Int] = []
-            for k in 0..<count { out.append(Int((Double(n) - Double(k) * ratio).rounded(.toNearestOrEven)) - 1) }
-            return out
+            // np.round(np.arange(n, 0, -n/steps)) - 1, with numpy's arange arithmetic
+            return SigmaSchedule.spacedTimesteps(self, steps: steps).map { Int($0) }
         }
     }
 }

@@ -23,7 +23,7 @@ func samplerParams(_ params: UnsafePointer<diffusion_sampler_params>?) throws ->
     p.width = Int(c.width)
     p.eta = c.eta
     if let json = c.scheduler_config_json {
-        do { p.schedulerOverrides = try JSONValue.parse(try string(json, "scheduler_config_json")) }
+        do { p.schedulerOverrides = try JSONValue.parse(try string(json, "scheduler_config_json"), pythonConstants: true) }
         catch let e as DiffusionError { throw invalid("scheduler_config_json: \(e.message)") }
     }
     return p

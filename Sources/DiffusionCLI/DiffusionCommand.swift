@@ -153,7 +153,7 @@ struct Generate: ParsableCommand {
         var p = SamplerParams()
         p.scheduler = scheduler
         if let json = schedulerConfig {
-            do { p.schedulerOverrides = try JSONValue.parse(json) } catch let e as DiffusionError {
+            do { p.schedulerOverrides = try JSONValue.parse(json, pythonConstants: true) } catch let e as DiffusionError {
                 throw DiffusionError(.invalidArgument, "--scheduler-config: \(e.message)")
             }
         }

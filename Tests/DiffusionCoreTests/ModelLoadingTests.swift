@@ -80,8 +80,8 @@ import DiffusionCore
                                          toPath: binOnly + "/diffusion_pytorch_model.bin")
         expectError(.unsupported, ["diffusion_pytorch_model.bin", "safetensors"]) { _ = try DiffusionModel(path: binOnly, threads: 1) }
         let badScheduler = try folder()
-        try #"{"_class_name": "EulerDiscreteScheduler"}"#.write(toFile: badScheduler + "/scheduler_config.json", atomically: true, encoding: .utf8)
-        expectError(.unsupported, ["EulerDiscreteScheduler", "scheduler_config.json"]) { _ = try DiffusionModel(path: badScheduler, threads: 1) }
+        try #"{"_class_name": "KDPM2DiscreteScheduler"}"#.write(toFile: badScheduler + "/scheduler_config.json", atomically: true, encoding: .utf8)
+        expectError(.unsupported, ["KDPM2DiscreteScheduler", "scheduler_config.json"]) { _ = try DiffusionModel(path: badScheduler, threads: 1) }
         let badBetas = try folder()
         try #"{"beta_schedule": "sigmoid"}"#.write(toFile: badBetas + "/scheduler_config.json", atomically: true, encoding: .utf8)
         expectError(.unsupported, ["beta_schedule", "sigmoid"]) { _ = try DiffusionModel(path: badBetas, threads: 1) }
@@ -119,6 +119,25 @@ import DiffusionCore
         expectError(.io, ["no unet/ folder"]) { _ = try DiffusionModel(path: empty, threads: 1) }
     }
 
+    /// A DPM-Solver++ scheduler_config.json as diffusers writes it: lambda_min_clipped is the bare
+    /// word -Infinity (Python's json.dumps); it loads, and the model's default scheduler is dpmpp_2m.
+    @Test func loadsPythonWrittenSchedulerConfig() throws {
+        let path = try folder()
+        try #"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity, "solver_order": 2, "variance_type": null}"#
+            .write(toFile: path + "/scheduler_config.json", atomically: true, encoding: .utf8)
+        let m = try DiffusionModel(path: path, threads: 1)
+        #expect(m.defaultScheduler == "dpmpp_2m")
+        var p = SamplerParams()
+        p.steps = 10
+        let s = try Sampler(model: m, params: p)
+        #expect(s.scheduler is DPMSolverMultistepScheduler && s.totalSteps == 10)
+        // Only config files get Python's constants; NaN stays refused where a number is needed.
+        #expect(throws: DiffusionError.self) { _ = try JSONValue.parse("[-Infinity]") }
+        try #"{"_class_name": "DDIMScheduler", "beta_start": NaN}"#
+            .write(toFile: path + "/scheduler_config.json", atomically: true, encoding: .utf8)
+        expectError(.invalidFile, ["beta_start"]) { _ = try DiffusionModel(path: path, threads: 1) }
+    }
+
     @Test func samplerRefusesBadSettings() throws {
         let m = try DiffusionModel(path: Fixtures.path("unet/plain"), threads: 1)
         func make(_ edit: (inout SamplerParams) -> Void) throws {
@@ -126,7 +145,7 @@ import DiffusionCore
             edit(&p)
             _ = try Sampler(model: m, params: p)
         }
-        expectError(.invalidArgument, ["unknown scheduler", "euler"]) { try make { $0.scheduler = "euler" } }
+        expectError(.invalidArgument, ["unknown scheduler", "k_dpm_2", "euler_a"]) { try make { $0.scheduler = "k_dpm_2" } }
         expectError(.invalidArgument, ["steps 2000", "1000"]) { try make { $0.steps = 2000 } }
         expectError(.invalidArgument, ["batch"]) { try make { $0.batch = 0 } }
         expectError(.invalidArgument, ["multiples of 2"]) { try make { $0.height = 15 } }

@@ -39,7 +39,7 @@ enum FileIO {
     static func readJSON(_ path: String) throws -> JSONValue {
         let bytes = try read(path)
         do {
-            return try bytes.withUnsafeBytes { try JSONValue.parse($0) }
+            return try bytes.withUnsafeBytes { try JSONValue.parse($0, pythonConstants: true) }
         } catch let e as DiffusionError {
             throw e.context(path)
         }

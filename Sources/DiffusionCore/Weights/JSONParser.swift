@@ -13,6 +13,8 @@ import Darwin
 // - Numbers follow the grammar exactly (no leading zeros, no `+`, no `.5`, no `1.`, no NaN) and
 //   must be finite as Double.
 // - Nesting deeper than `JSONValue.maxDepth` is refused before it can exhaust the stack.
+// - Config files only (`pythonConstants`): the bare words Infinity, -Infinity and NaN that
+//   Python's json.dumps writes (diffusers saves DPM-Solver's lambda_min_clipped as -Infinity).
 // - Duplicate object keys are kept, in file order; the caller decides what they mean.
 // Errors are `DiffusionError(.invalidFile, "invalid JSON at byte N: <what>")`.
 
@@ -20,19 +22,21 @@ extension JSONValue {
     /// Arrays and objects nested deeper than this are refused.
     public static let maxDepth = 256
 
-    /// Parses one JSON document from raw bytes (which must be UTF-8).
-    public static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSONValue {
+    /// Parses one JSON document from raw bytes (which must be UTF-8). `pythonConstants` also
+    /// accepts Python's Infinity, -Infinity and NaN (for config files written by json.dumps).
+    public static func parse(_ bytes: UnsafeRawBufferPointer, pythonConstants: Bool = false) throws -> JSONValue {
         guard let base = bytes.baseAddress, bytes.count > 0 else {
             throw DiffusionError(.invalidFile, "invalid JSON at byte 0: empty input")
         }
         var parser = JSONParser(base.assumingMemoryBound(to: UInt8.self), count: bytes.count)
+        parser.pythonConstants = pythonConstants
         return try parser.parseDocument()
     }
 
     /// Parses one JSON document from text.
-    public static func parse(_ text: String) throws -> JSONValue {
+    public static func parse(_ text: String, pythonConstants: Bool = false) throws -> JSONValue {
         var copy = text
-        return try copy.withUTF8 { try parse(UnsafeRawBufferPointer($0)) }
+        return try copy.withUTF8 { try parse(UnsafeRawBufferPointer($0), pythonConstants: pythonConstants) }
     }
 }
 
@@ -96,6 +100,7 @@ struct JSONParser {
     private var depth = 0
     private var scratch: [UInt8] = []
     private var numberBuffer: [CChar] = []
+    var pythonConstants = false
 
     init(_ p: UnsafePointer<UInt8>, count: Int) {
         self.p = p
@@ -136,6 +141,12 @@ struct JSONParser {
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "I") where pythonConstants: try literal("Infinity"); return .number(.infinity)
+        case UInt8(ascii: "N") where pythonConstants: try literal("NaN"); return .number(.nan)
+        case UInt8(ascii: "-") where pythonConstants && i + 1 < n && p[i + 1] == UInt8(ascii: "I"):
+            i += 1
+            try literal("Infinity")
+            return .number(-.infinity)
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try parseNumber())
         case let b: throw fail("unexpected \(describe(b)), expected a value")
         }

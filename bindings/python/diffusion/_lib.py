@@ -28,6 +28,7 @@ class Status(enum.IntEnum):
     ERROR_OUT_OF_MEMORY = 8
     ERROR_INVALID_STATE = 9
     ERROR_INTERNAL = 10
+    ERROR_CALLBACK = 11
 
     @property
     def c_name(self) -> str:
@@ -72,6 +73,7 @@ class SamplerParams(ctypes.Structure):
         ("width", ctypes.c_int32),
         ("eta", ctypes.c_float),
         ("scheduler_config_json", ctypes.c_char_p),
+        ("channels", ctypes.c_int32),
     ]
 
 
@@ -82,6 +84,12 @@ _P = ctypes.POINTER
 _f32p = _P(ctypes.c_float)
 _i32p = _P(ctypes.c_int32)
 _u8p = _P(ctypes.c_uint8)
+
+# bool (*)(const float *x, const int32_t shape[4], float timestep, float *out, int32_t out_channels,
+#          void *user_data)
+DENOISE_FN = ctypes.CFUNCTYPE(ctypes.c_bool, _f32p, _i32p, ctypes.c_float, _f32p, ctypes.c_int32, ctypes.c_void_p)
+# bool (*)(const float *x, const int32_t shape[4], float timestep, float *grad, void *user_data)
+GRADIENT_FN = ctypes.CFUNCTYPE(ctypes.c_bool, _f32p, _i32p, ctypes.c_float, _f32p, ctypes.c_void_p)
 
 # name: (restype, argtypes). Every function of diffusion.h.
 PROTOTYPES = {
@@ -101,9 +109,16 @@ PROTOTYPES = {
     ),
     "diffusion_sampler_params_init": (None, [_P(SamplerParams), ctypes.c_size_t]),
     "diffusion_sampler_create": (c_status, [c_model_p, _P(SamplerParams), _P(c_sampler_p)]),
+    "diffusion_sampler_create_with_denoiser": (c_status, [DENOISE_FN, ctypes.c_void_p, _P(SamplerParams),
+                                                          _P(c_sampler_p)]),
     "diffusion_sampler_free": (None, [c_sampler_p]),
     "diffusion_sampler_set_guidance_scale": (c_status, [c_sampler_p, ctypes.c_float]),
     "diffusion_sampler_set_class_label": (c_status, [c_sampler_p, _i32p, ctypes.c_int32]),
+    "diffusion_sampler_set_classifier_guidance": (c_status, [c_sampler_p, GRADIENT_FN, ctypes.c_void_p,
+                                                             ctypes.c_float]),
+    "diffusion_sampler_set_init_latents": (c_status, [c_sampler_p, _f32p, ctypes.c_size_t, ctypes.c_double]),
+    "diffusion_sampler_set_init_image": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t, ctypes.c_double]),
+    "diffusion_sampler_set_start_noise": (c_status, [c_sampler_p, _f32p, ctypes.c_size_t]),
     "diffusion_sampler_shape": (c_status, [c_sampler_p, _i32p]),
     "diffusion_sampler_timesteps": (c_status, [c_sampler_p, _f32p, ctypes.c_size_t, _P(ctypes.c_size_t)]),
     "diffusion_sampler_get_latents": (c_status, [c_sampler_p, _f32p, ctypes.c_size_t]),
@@ -113,6 +128,10 @@ PROTOTYPES = {
     "diffusion_sampler_progress": (c_status, [c_sampler_p, _i32p, _i32p]),
     "diffusion_sampler_cancel": (None, [c_sampler_p]),
     "diffusion_sampler_get_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),
+    "diffusion_scheduler_names": (_P(ctypes.c_char_p), []),
+    "diffusion_scheduler_info_json": (c_status, [ctypes.c_char_p, _P(ctypes.c_char_p)]),
+    "diffusion_noise": (c_status, [ctypes.c_uint64, _f32p, ctypes.c_size_t]),
+    "diffusion_slerp": (c_status, [_f32p, _f32p, ctypes.c_size_t, ctypes.c_float, _f32p]),
 }
 
 

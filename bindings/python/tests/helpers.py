@@ -110,3 +110,22 @@ def sampler_kwargs(run: dict) -> dict:
     if run.get("guidance_scale") is not None:
         kw["guidance_scale"] = run["guidance_scale"]
     return kw
+
+
+def sampler_cases() -> list[str]:
+    """The toy-denoiser sampler traces Tests/Fixtures/samplers/<case>.json (+ .safetensors)."""
+    d = fixtures_dir()
+    if not d or not (d / "samplers").is_dir():
+        return []
+    return sorted(p.stem for p in (d / "samplers").glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def sampler_case(case: str):
+    """(meta dict, tensors) of a sampler trace (see tools/README.md, make_sampler_fixtures.py)."""
+    d = fixtures_dir() / "samplers"
+    return json.loads((d / f"{case}.json").read_text()), read_safetensors(d / f"{case}.safetensors")
+
+
+def train_alphas_cumprod(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """ᾱ_t of diffusers' default linear beta schedule, in float64."""
+    return np.cumprod(1.0 - np.linspace(beta_start, beta_end, n, dtype=np.float64))

@@ -15,6 +15,8 @@ import helpers
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent
 EXAMPLE = PACKAGE.parent.parent / "examples" / "python" / "generate.py"
+MORPH = EXAMPLE.with_name("morph.py")
+DIGITS = PACKAGE.parent.parent / "models" / "digits"
 
 
 def read_png(path):
@@ -40,10 +42,10 @@ def read_png(path):
     return w, h, color, raw[:, 1:].reshape(h, w, channels)
 
 
-def _run_example(*args):
+def _run_example(*args, script=EXAMPLE, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(PACKAGE))
-    return subprocess.run([sys.executable, str(EXAMPLE), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
 
 
 def test_generate_png(tmp_path):
@@ -68,6 +70,53 @@ def test_generate_gray_and_positional_model(tmp_path):
 
 def test_generate_missing_model_fails(tmp_path):
     r = _run_example("--model", tmp_path / "absent", "-o", tmp_path / "x.png")
+    assert r.returncode != 0 and "not found" in r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_morph_png(tmp_path):
+    out = tmp_path / "strip.png"
+    r = _run_example("--model", DIGITS, "--steps", 5, "-n", 4, "--seeds", 1, 2, "--digit", 3, "--scale", 2,
+                     "--output", out, script=MORPH)
+    assert r.returncode == 0, r.stderr
+    w, h, color, pixels = read_png(out)
+    assert color == 0  # gray (1 channel)
+    assert (w, h) == (4 * (16 + 2) + 2, 16 + 2 + 2)  # 4 images of 8x8 upscaled 2x in one row, 2 px padding
+    frames = [pixels[2:18, 2 + i * 18 : 18 + i * 18, 0][::2, ::2] for i in range(4)]
+    assert all(f.std() > 0 for f in frames)
+    assert not np.array_equal(frames[0], frames[3])
+    # the end frames are what each seed gives alone
+    import diffusion
+
+    with diffusion.load(DIGITS) as m:
+        for seed, frame in ((1, frames[0]), (2, frames[3])):
+            with m.sampler(scheduler="ddim", steps=5, seed=seed, class_label=3, guidance_scale=3.0) as s:
+                s.run()
+                alone = s.images()[0, :, :, 0].astype(int)
+            assert np.max(np.abs(alone - frame)) <= 1, seed
+
+
+def test_morph_defaults(tmp_path):
+    """Default model (models/digits, found from any folder) and output out/morph.png: 8 images upscaled to 128 px."""
+    r = _run_example("--steps", 3, "-q", script=MORPH, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    w, h, color, pixels = read_png(tmp_path / "out" / "morph.png")
+    assert (w, h, color) == (8 * (128 + 2) + 2, 128 + 4, 0)
+    assert pixels.std() > 0
+
+
+def test_morph_model_without_guidance(tmp_path):
+    out = tmp_path / "m.png"
+    r = _run_example(helpers.unet_dir("class_cond"), "--steps", 2, "-n", 3, "--scale", 1, "-o", out, script=MORPH)
+    assert r.returncode == 0, r.stderr
+    assert "no unconditional class" in r.stderr
+    w, h, color, _ = read_png(out)
+    assert color == 2 and (w, h) == (3 * 18 + 2, 20)
+
+
+def test_morph_missing_model_fails(tmp_path):
+    r = _run_example("--model", tmp_path / "absent", "-o", tmp_path / "x.png", script=MORPH)
     assert r.returncode != 0 and "not found" in r.stderr
     assert not (tmp_path / "x.png").exists()
 

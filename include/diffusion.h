@@ -345,7 +345,7 @@ const char *const *diffusion_scheduler_names(void);
  * the library is unloaded. */
 diffusion_status diffusion_scheduler_info_json(const char *name, const char **out_json);
 
-/* The start noise of a seed: count values of torch.randn(count, generator=
+/* The start noise of a seed: count (at most 2^32) values of torch.randn(count, generator=
  * torch.Generator().manual_seed(seed)), i.e. what a sampler with that seed and count =
  * batch x channels x height x width draws first. */
 diffusion_status diffusion_noise(uint64_t seed, float *out, size_t count);

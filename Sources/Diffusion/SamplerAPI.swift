@@ -61,7 +61,8 @@ public func diffusion_sampler_create_with_denoiser(_ denoise: diffusion_denoise_
         guard let outSampler else { throw invalid("out_sampler is NULL") }
         guard let denoise else { throw invalid("denoise is NULL") }
         let p = try samplerParams(params)
-        // The output channel count depends on the scheduler, known once the sampler exists.
+        // The output channel count depends on the scheduler, known once the sampler exists (the
+        // constructor never calls the denoiser; the first call is in the first step).
         var factor = 1
         let sampler = try Sampler(denoiser: { x, shape, t, out in
             try callback("denoiser", outChannels: shape.channels * factor) { denoise($0, $1, $2, $3, $4, userData) }(x, shape, t, out)

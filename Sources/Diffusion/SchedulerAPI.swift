@@ -39,7 +39,9 @@ public func diffusion_scheduler_info_json(_ name: UnsafePointer<CChar>!, _ outJS
             ("diffusers_class", .string(entry.diffusersClass)),
             ("implied", .object(implied)),
             ("settings", .array(entry.settings.map { .string($0) })),
-            ("defaults", defaults.json),
+            ("defaults", .object((defaults.json.objectValue ?? []).filter {
+                SchedulerRegistry.shared.contains($0.0) || entry.settings.contains($0.0)
+            })),
             ("default_steps", .number(Double(SchedulerRegistry.defaultSteps(resolved, config: defaults)))),
         ]).serialized
         outJSON.pointee = UnsafePointer(schedulerInfo.withLock { cache -> UnsafeMutablePointer<CChar> in
@@ -66,7 +68,7 @@ public func diffusion_slerp(_ a: UnsafePointer<Float>!, _ b: UnsafePointer<Float
                             _ out: UnsafeMutablePointer<Float>!) -> diffusion_status {
     boundary {
         guard let a, let b, let out else { throw invalid("a, b and out must not be NULL") }
-        guard t.isFinite else { throw invalid("t \(t) must be finite") }
+        guard t >= 0, t <= 1 else { throw invalid("t \(t) must be in [0, 1]") }
         slerp(a, b, count: count, t: Double(t), into: out)
     }
 }

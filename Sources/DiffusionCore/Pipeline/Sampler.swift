@@ -308,6 +308,9 @@ public final class Sampler {
             do { try denoiser!(x.data, shape, t, out.data) } catch let e as DiffusionError {
                 throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
             }
+            for i in 0..<out.count where !out.data[i].isFinite {
+                throw DiffusionError(.callback, "the denoiser's output at step \(stepIndex + 1) (timestep \(t)) is not finite (value \(i))")
+            }
             return out
         }
         let labels = classLabels.isEmpty ? nil : classLabels

@@ -10,7 +10,7 @@ public enum SchedulerRegistry {
         let defaultSteps: Int?
     }
 
-    static let shared = ["num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    public static let shared = ["num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                          "prediction_type", "timestep_spacing", "steps_offset"]
 
     public static let entries: [Entry] = [
@@ -21,7 +21,8 @@ public enum SchedulerRegistry {
               settings: ["set_alpha_to_one", "clip_sample", "clip_sample_range", "thresholding",
                          "dynamic_thresholding_ratio", "sample_max_value"], defaultSteps: 50),
         Entry(name: "euler", diffusersClass: "EulerDiscreteScheduler",
-              settings: ["use_karras_sigmas", "interpolation_type", "final_sigmas_type", "sigma_min", "sigma_max"], defaultSteps: 50),
+              settings: ["use_karras_sigmas", "interpolation_type", "final_sigmas_type", "sigma_min", "sigma_max",
+                         "timestep_type"], defaultSteps: 50),
         Entry(name: "euler_a", diffusersClass: "EulerAncestralDiscreteScheduler", settings: [], defaultSteps: 50),
         Entry(name: "heun", diffusersClass: "HeunDiscreteScheduler",
               settings: ["use_karras_sigmas", "clip_sample", "clip_sample_range"], defaultSteps: 50),
@@ -33,7 +34,7 @@ public enum SchedulerRegistry {
         Entry(name: "lms", diffusersClass: "LMSDiscreteScheduler", settings: ["use_karras_sigmas"], defaultSteps: 50),
         Entry(name: "unipc", diffusersClass: "UniPCMultistepScheduler",
               settings: ["solver_order", "predict_x0", "solver_type", "lower_order_final", "disable_corrector",
-                         "use_karras_sigmas", "final_sigmas_type", "thresholding", "dynamic_thresholding_ratio",
+                         "use_karras_sigmas", "sigma_min", "sigma_max", "final_sigmas_type", "thresholding", "dynamic_thresholding_ratio",
                          "sample_max_value"], defaultSteps: 50),
         Entry(name: "lcm", diffusersClass: "LCMScheduler",
               settings: ["original_inference_steps", "timestep_scaling", "set_alpha_to_one", "clip_sample",

@@ -85,13 +85,17 @@ def test_fixture_run_matches_diffusers(case):
             assert np.array_equal(start, ts["start"])
         else:  # start_rng * init_noise_sigma: a float32 product
             assert rel_err(start, ts["start"], floor=0.0) <= 1e-6
-        assert np.array_equal(s.timesteps, ts["timesteps"]), (s.timesteps, ts["timesteps"])
+        # Fractional (Karras) timesteps may differ from diffusers' in the last float32 bit: torch's
+        # and numpy's float32 sqrt/log are not correctly rounded on every CPU. The Swift harness
+        # allows 1e-4 absolute too (1 ulp at t ~ 1000 is 6.1e-5).
+        assert np.max(np.abs(s.timesteps - ts["timesteps"])) <= 1e-4, (s.timesteps, ts["timesteps"])
+        ours = s.timesteps
         assert len(s) == meta["iterations"]
         final = s.run()
         assert len(calls) == meta["iterations"]
         scale = max(1.0, float(np.max(np.abs(ts["final"]))))
         for i, (x, t) in enumerate(calls):
-            assert t == float(ts["timesteps"][i]), (i, t)
+            assert t == float(ours[i]), (i, t)
             assert x.shape == tuple(meta["shape"]) and x.dtype == np.float32
             err = float(np.max(np.abs(x - ts[f"model_input_{i}"])))
             assert err <= 1e-4 * max(scale, float(np.max(np.abs(ts[f"sample_{i}"])))), (i, err)
@@ -107,13 +111,14 @@ def test_fixture_step_by_step_inputs(case):
     calls = []
     with fixture_sampler(meta, toy_for(meta, calls)) as s:
         n = meta["iterations"]
+        ours = s.timesteps
         for i in range(n):
             s.latents = ts[f"sample_{i}"]
             more = s.step()
             assert more == (i < n - 1)
             assert len(calls) == i + 1
             x, t = calls[-1]
-            assert t == float(ts["timesteps"][i])
+            assert t == float(ours[i]) and abs(t - float(ts["timesteps"][i])) <= 1e-4
             want = ts[f"model_input_{i}"]
             err = float(np.max(np.abs(x - want)))
             assert err <= 1e-6 * max(float(np.max(np.abs(want))), 1e-30), (i, err)

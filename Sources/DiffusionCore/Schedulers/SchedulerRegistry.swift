@@ -73,7 +73,7 @@ public enum SchedulerRegistry {
 
     /// Builds scheduler `name` (already resolved) for `steps` inference steps (0 = its default).
     public static func make(_ name: String, config: SchedulerConfig, steps requested: Int, eta: Float) throws -> Scheduler {
-        guard let entry = entries.first(where: { $0.name == name }) else {
+        guard entries.contains(where: { $0.name == name }) else {
             throw DiffusionError(.invalidArgument, "unknown scheduler \"\(name)\" (known: \(knownNames))")
         }
         if eta != 0 && name != "ddim" {

@@ -7,7 +7,7 @@
 
 PREFIX      ?= /usr/local
 MARCH       ?= native
-VERSION     := 0.1.0
+VERSION     := 0.2.0
 SOVERSION   := 0
 PYTHON      ?= python3
 DEMO_MODEL  ?= models/digits

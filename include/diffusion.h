@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define DIFFUSION_VERSION_MAJOR 0
-#define DIFFUSION_VERSION_MINOR 1
+#define DIFFUSION_VERSION_MINOR 2
 #define DIFFUSION_VERSION_PATCH 0
 
 /* Result codes. Append-only: new codes are added last, none is ever removed or renumbered. */

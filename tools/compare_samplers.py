@@ -59,8 +59,8 @@ def diffusers_seconds(model_dir, name, steps, labels, scale, seed, threads):
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed)
         res = unet.config.sample_size
+        sched.set_timesteps(steps)  # first: init_noise_sigma depends on the schedule (as in the pipelines)
         x = randn_tensor((len(y), 1, res, res), generator=g) * sched.init_noise_sigma
-        sched.set_timesteps(steps)
         yy = torch.cat([y, torch.full_like(y, NULL_LABEL)])
         for t in sched.timesteps:
             xin = sched.scale_model_input(x, t)

@@ -2,7 +2,11 @@
 /// (Cephes expf coefficients, ~1 ulp), then scaled by 2^n through the exponent bits.
 @inline(__always)
 func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
-    let x = x.clamped(lowerBound: SIMD16(repeating: -87.3), upperBound: SIMD16(repeating: 88.3))
+    // Clamp with compares and blends: SIMD's clamped(lowerBound:upperBound:) goes lane by lane
+    // (NaN-aware min/max), which made this the hottest loop of small-image networks.
+    var x = x
+    x.replace(with: -87.3, where: x .< -87.3)
+    x.replace(with: 88.3, where: x .> 88.3)
     // Adding 1.5 * 2^23 rounds x log2(e) to an integer held in the low mantissa bits.
     let magic: Float = 12_582_912
     let shifted = x * 1.442_695_04 + magic

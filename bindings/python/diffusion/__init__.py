@@ -65,7 +65,7 @@ from ._lib import ModelInfo as _ModelInfo
 from ._lib import ModelParams as _ModelParams
 from ._lib import SamplerParams as _SamplerParams
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DiffusionError",

@@ -153,6 +153,19 @@ import DiffusionCore
         expectError(.unsupported, ["timestep_spacing", "karras"]) {
             try make { $0.schedulerOverrides = .object([("timestep_spacing", .string("karras"))]) }
         }
+        // betas outside (0, 1) (alphas_cumprod <= 0 or >= 1) trapped in the sigma schedules before
+        expectError(.invalidArgument, ["scheduler_config", "alphas_cumprod", "(0, 1)"]) {
+            try make { $0.scheduler = "unipc"; $0.schedulerOverrides = .object([("beta_start", .number(2)), ("beta_schedule", .string("scaled_linear"))]) }
+        }
+        expectError(.invalidArgument, ["alphas_cumprod"]) {
+            try make { $0.scheduler = "euler"; $0.schedulerOverrides = .object([("beta_end", .number(1))]) }
+        }
+        expectError(.invalidArgument, ["lms", "strictly decreasing"]) {
+            try make {
+                $0.scheduler = "lms"; $0.steps = 2
+                $0.schedulerOverrides = .object([("num_train_timesteps", .number(2)), ("beta_end", .number(0))])
+            }
+        }
         expectError(.invalidArgument, ["scheduler_config", "clip_sample"]) {
             try make { $0.schedulerOverrides = .object([("clip_sample", .string("yes"))]) }
         }

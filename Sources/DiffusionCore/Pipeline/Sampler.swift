@@ -276,6 +276,11 @@ public final class Sampler {
                            noise: noise.map { UnsafePointer($0.data) }, meanShift: meanShift == nil ? nil : s.baseAddress,
                            shape: shape, prev: next.data)
         }
+        // A safety net: degenerate settings (noise levels that repeat or vanish) make some
+        // schedulers divide by zero. Report it instead of handing back NaN; x_t stays as it was.
+        if latents.data.allFinite(count), !next.data.allFinite(count) {
+            throw DiffusionError(.invalidArgument, "scheduler \(schedulerName) produced non-finite values at step \(stepIndex + 1) (timestep \(t)); its settings give degenerate noise levels")
+        }
         latents = next
         iteration += 1
         return remainingSteps
@@ -360,6 +365,14 @@ public final class Sampler {
                 }
             }
         }
+    }
+}
+
+extension UnsafeMutablePointer where Pointee == Float {
+    func allFinite(_ count: Int) -> Bool {
+        var ok = true
+        for i in 0..<count { ok = ok && self[i].isFinite }
+        return ok
     }
 }
 

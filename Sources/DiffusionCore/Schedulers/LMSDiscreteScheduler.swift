@@ -20,7 +20,13 @@ public final class LMSDiscreteScheduler: Scheduler {
         var schedule = try DiscreteSigmas(config: config, steps: steps)
         if karras { schedule.useKarras(steps: steps) }
         timesteps = schedule.timesteps.map { Float($0) }
-        sigmas = schedule.sigmas.map { Float($0) } + [0]
+        let sigmas = schedule.sigmas.map { Float($0) } + [0]
+        self.sigmas = sigmas
+        // The LMS coefficients interpolate through the previous noise levels: a repeated level divides
+        // by zero (diffusers computes NaN there).
+        if let i = sigmas.indices.dropLast().first(where: { !(sigmas[$0] > sigmas[$0 + 1]) }) {
+            throw DiffusionError(.invalidArgument, "lms needs strictly decreasing noise levels; with these settings sigma[\(i)] = \(sigmas[i]) and sigma[\(i + 1)] = \(sigmas[i + 1]) (fewer steps, or another beta schedule)")
+        }
         initNoiseSigma = SigmaSchedule.initNoiseSigma(sigmas, spacing: config.timestepSpacing)
     }
 

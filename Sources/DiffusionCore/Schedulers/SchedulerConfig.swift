@@ -101,6 +101,12 @@ public struct SchedulerConfig {
         if let b = trainedBetas, b.count != numTrainTimesteps {
             throw DiffusionError(.invalidFile, "trained_betas has \(b.count) values but num_train_timesteps is \(numTrainTimesteps)")
         }
+        // Every scheduler divides by ᾱ, 1 − ᾱ or takes their logs: 0 < ᾱ_t < 1 for every t, i.e. each
+        // beta in (0, 1) and no underflow (diffusers would compute NaN or infinite noise levels).
+        let acp = alphasCumprod()
+        if let bad = acp.firstIndex(where: { !($0 > 0 && $0 < 1) }) {
+            throw DiffusionError(.invalidFile, "the beta schedule (beta_schedule \(betaSchedule), beta_start \(betaStart), beta_end \(betaEnd)\(trainedBetas == nil ? "" : ", trained_betas")) gives alphas_cumprod[\(bad)] = \(acp[bad]), outside (0, 1): every beta must be in (0, 1)")
+        }
     }
 
     /// The settings as diffusers keys (for diffusion_model_config_json).

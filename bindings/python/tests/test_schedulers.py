@@ -7,6 +7,7 @@ settings must give diffusers' start noise, timesteps, model inputs and final sam
 
 import gc
 import os
+import random
 import signal
 import threading
 import time
@@ -873,3 +874,70 @@ def test_alias_and_class_name_in_a_sampler():
     with diffusion.Sampler(scheduler="ddim", **kw) as a, diffusion.Sampler(scheduler="DDIMScheduler", **kw) as b:
         assert np.array_equal(a.timesteps, b.timesteps)
         assert np.array_equal(a.run(), b.run())
+
+
+# ---- hostile settings ---------------------------------------------------------------------
+
+_HOSTILE_VALUES = {
+    "num_train_timesteps": [1, 2, 10, 999, 1000, 4000],
+    "beta_start": [1e-6, 0.0001, 0.00085, 0.5, 0.9999, 1.0, 2.0, -0.1],
+    "beta_end": [0.0, 0.012, 0.02, 0.2, 0.999, 1.0],
+    "beta_schedule": ["linear", "scaled_linear", "squaredcos_cap_v2"],
+    "prediction_type": ["epsilon", "v_prediction", "sample"],
+    "timestep_spacing": ["leading", "trailing", "linspace"],
+    "steps_offset": [0, 1, 999, 1000],
+    "use_karras_sigmas": [True, False],
+    "final_sigmas_type": ["zero", "sigma_min"],
+    "solver_order": [0, 1, 2, 3, 4],
+    "algorithm_type": ["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"],
+    "solver_type": ["midpoint", "heun", "bh1", "bh2"],
+    "lower_order_final": [True, False],
+    "euler_at_final": [True, False],
+    "lambda_min_clipped": [-5.1, 5.0],
+    "predict_x0": [True, False],
+    "skip_prk_steps": [True, False],
+    "set_alpha_to_one": [True, False],
+    "clip_sample": [True, False],
+    "thresholding": [True, False],
+    "variance_type": ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"],
+    "interpolation_type": ["linear", "log_linear"],
+    "original_inference_steps": [1, 50, 5000],
+    "timestep_scaling": [0.0, 1e6],
+    "sigma_min": [None, 0.0, 0.002, 100.0],
+    "sigma_max": [None, 0.1, 1e6],
+    "timestep_type": ["discrete", "continuous"],
+    "disable_corrector": [[], [0, 1], [100]],
+    "trained_betas": [None, [0.5] * 10, [0.0] * 1000],
+}
+
+
+def test_hostile_settings_fail_cleanly():
+    """Random combinations of every scheduler setting (many invalid, some numerically absurd), steps
+    and img2img strengths: each either runs to a finite sample or fails with a DiffusionError /
+    ValueError. A crash would take the test process down. (A fuzzer run of 2,400 such cases found
+    beta schedules with alphas_cumprod outside (0, 1) trapping in the schedule construction.)"""
+    rng = random.Random(2026)
+    names = diffusion.scheduler_names() + ["dpmpp_2m_sde_karras", "plms", "ddim_trailing", "uni_pc_bh2"]
+    ran = failed = 0
+    for case in range(250):
+        name = rng.choice(names)
+        cfg = {k: rng.choice(v) for k, v in _HOSTILE_VALUES.items() if rng.random() < 0.3}
+        steps = rng.choice([0, 1, 2, 3, 5, 10, 61, 999, 1000, 1001])
+        strength = rng.choice([None, None, 0.01, 0.5, 1.0])
+        learned = name == "ddpm" and str(cfg.get("variance_type", "")).startswith("learned")
+
+        def denoise(x, t):
+            out = (0.7 * x + 0.3 * np.sin(x)).astype(np.float32)
+            return np.concatenate([out, np.full_like(out, 0.1)], axis=1) if learned else out
+
+        try:
+            with diffusion.Sampler(denoiser=denoise, shape=(2, 1, 2, 2), scheduler=name, steps=steps, seed=case,
+                                   scheduler_config=cfg) as s:
+                if strength is not None:
+                    s.set_init_image(np.zeros((1, 2, 2), np.float32), strength)
+                x = s.run()
+            assert np.isfinite(x).all(), (name, steps, strength, cfg)
+            ran += 1
+        except (diffusion.DiffusionError, ValueError):
+            failed += 1
+    assert ran > 50 and failed > 50  # both paths were exercised

@@ -62,7 +62,7 @@ public struct SchedulerConfig {
                 if let i = raw.firstIndex(where: { $0.0 == k }) { raw[i].1 = v } else { raw.append((k, v)) }
             }
         }
-        numTrainTimesteps = try r.int("num_train_timesteps", numTrainTimesteps, min: 1)
+        numTrainTimesteps = try r.int("num_train_timesteps", numTrainTimesteps, min: 2)
         guard numTrainTimesteps <= 1_000_000 else {
             throw DiffusionError(.unsupported, "num_train_timesteps \(numTrainTimesteps) is out of range")
         }

@@ -113,10 +113,21 @@ struct Generate: ParsableCommand {
     @Option(help: "Output PNG file.")
     var output: String = "out.png"
 
+    @Option(name: .customLong("init"),
+            help: ArgumentHelp("img2img: start from this PNG (8-bit, the model's height x width).", valueName: "png"))
+    var initImage: String?
+
+    @Option(help: "img2img strength in (0, 1]: the share of the steps run from the noised --init image (default 0.8).")
+    var strength: Double?
+
     func validate() throws {
         guard count >= 1 && count <= 4096 else { throw ValidationError("--count must be between 1 and 4096") }
         guard steps >= 0 else { throw ValidationError("--steps must be positive") }
         guard scale >= 0 && scale <= 64 else { throw ValidationError("--scale must be between 1 and 64") }
+        if let strength {
+            guard initImage != nil else { throw ValidationError("--strength needs --init") }
+            guard strength > 0 && strength <= 1 else { throw ValidationError("--strength must be in (0, 1]") }
+        }
     }
 
     func run() throws {
@@ -164,6 +175,10 @@ struct Generate: ParsableCommand {
         let sampler = try Sampler(model: model, params: p)
         if let labels { try sampler.setClassLabels(labels) }
         try sampler.setGuidanceScale(guidance)
+        if let initImage {
+            let x0 = try initSample(initImage, channels: sampler.channels, height: sampler.height, width: sampler.width)
+            try sampler.setInitImage(x0, count: x0.count, strength: strength ?? 0.8)
+        }
 
         let tty = isatty(STDERR_FILENO) != 0
         let start = monotonicSeconds()
@@ -187,9 +202,41 @@ struct Generate: ParsableCommand {
         let image = grid.compose(pixels, batch: batch, sourceChannels: sampler.channels)
         try write(PNG.encode(pixels: image, width: grid.pixelWidth, height: grid.pixelHeight, channels: channels),
                   to: output)
-        print("wrote \(output) (\(batch) images, \(rows)x\(columns) grid, \(sampler.totalSteps) steps, " +
+        let from = initImage.map { " from \($0) at strength \(strength ?? 0.8)" } ?? ""
+        print("wrote \(output) (\(batch) images, \(rows)x\(columns) grid, \(sampler.totalSteps) steps\(from), " +
               "\(format2(seconds)) s)")
     }
+}
+
+/// img2img's x_0 from a PNG: one NCHW image for the whole batch, in the model's channels
+/// (gray replicated to RGB; RGB to gray as PIL's convert("L")), x_0 = 2 * (p / 255) - 1 as diffusers.
+func initSample(_ path: String, channels: Int, height: Int, width: Int) throws -> [Float] {
+    guard channels == 1 || channels == 3 else {
+        throw DiffusionError(.unsupported, "--init: the model has \(channels) channels; an image can start only 1- or 3-channel models")
+    }
+    let image = try PNGDecoder.read(path) { w, h in
+        guard w == width && h == height else {
+            throw DiffusionError(.invalidArgument, "--init \(path): the image is \(w)x\(h) but the model makes \(width)x\(height) images (width x height; no resizing)")
+        }
+    }
+    let hw = height * width, p = image.pixels
+    var x = [Float](repeating: 0, count: channels * hw)
+    for i in 0..<hw {
+        for ch in 0..<channels {
+            let value: UInt8
+            if image.channels == channels {
+                value = p[i * channels + ch]
+            } else if channels == 3 {
+                value = p[i]  // gray -> RGB
+            } else {
+                // PIL's rgb2l: ITU-R 601-2 weights in 16-bit fixed point, rounded (L24(rgb) >> 16)
+                let r = Int(p[i * 3]), g = Int(p[i * 3 + 1]), b = Int(p[i * 3 + 2])
+                value = UInt8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
+            }
+            x[ch * hw + i] = 2 * (Float(value) / 255) - 1
+        }
+    }
+    return x
 }
 
 /// Images laid out row by row with a 2-pixel gap, each scaled up by nearest neighbour.

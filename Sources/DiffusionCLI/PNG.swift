@@ -39,9 +39,13 @@ enum PNG {
             out += data[offset..<(offset + n)]
             offset += n
         } while offset < data.count
+        return out + bigEndian(adler32(data))
+    }
+
+    static func adler32(_ data: [UInt8]) -> UInt32 {
         var a: UInt32 = 1, b: UInt32 = 0
         for byte in data { a = (a + UInt32(byte)) % 65521; b = (b + a) % 65521 }
-        return out + bigEndian(b << 16 | a)
+        return b << 16 | a
     }
 
     private static let crcTable: [UInt32] = (0..<256).map { n -> UInt32 in
@@ -50,7 +54,7 @@ enum PNG {
         return c
     }
 
-    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+    static func crc32<Bytes: Sequence<UInt8>>(_ bytes: Bytes) -> UInt32 {
         var c: UInt32 = 0xFFFF_FFFF
         for b in bytes { c = crcTable[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
         return c ^ 0xFFFF_FFFF

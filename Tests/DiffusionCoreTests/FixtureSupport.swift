@@ -1,5 +1,19 @@
 import Foundation
+import Testing
 import DiffusionCore
+
+/// Expects `body` to throw a DiffusionError with `code` whose message contains every phrase.
+func expectError(_ code: DiffusionError.Code, _ phrases: [String], _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected \(code) mentioning \(phrases)")
+    } catch let e as DiffusionError {
+        #expect(e.code == code, "\(e.message)")
+        for p in phrases { #expect(e.message.contains(p), "message \"\(e.message)\" lacks \"\(p)\"") }
+    } catch {
+        Issue.record("unexpected error \(error)")
+    }
+}
 
 /// Reads the reference fixtures written by tools/make_fixtures.py (diffusers + PyTorch, CPU, f32).
 enum Fixtures {

@@ -29,18 +29,6 @@ import DiffusionCore
         return dir.path
     }
 
-    func expectError(_ code: DiffusionError.Code, _ phrases: [String], _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected \(code) mentioning \(phrases)")
-        } catch let e as DiffusionError {
-            #expect(e.code == code, "\(e.message)")
-            for p in phrases { #expect(e.message.contains(p), "message \"\(e.message)\" lacks \"\(p)\"") }
-        } catch {
-            Issue.record("unexpected error \(error)")
-        }
-    }
-
     @Test func refusesConfigsItCannotRun() throws {
         let cases: [(String, Any, DiffusionError.Code, [String])] = [
             ("down_block_types", ["DownBlock2D", "SkipDownBlock2D"], .unsupported, ["SkipDownBlock2D", "down_block_types"]),

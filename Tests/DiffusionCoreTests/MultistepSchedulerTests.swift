@@ -12,18 +12,6 @@ import Testing
         return try SchedulerRegistry.make(name, config: config, steps: steps, eta: 0)
     }
 
-    func expectError(_ code: DiffusionError.Code, _ phrases: [String], _ body: () throws -> Void) {
-        do {
-            try body()
-            Issue.record("expected \(code) mentioning \(phrases)")
-        } catch let e as DiffusionError {
-            #expect(e.code == code, "\(e.message)")
-            for p in phrases { #expect(e.message.contains(p), "message \"\(e.message)\" lacks \"\(p)\"") }
-        } catch {
-            Issue.record("unexpected error \(error)")
-        }
-    }
-
     @Test(arguments: ["dpmpp_2m", "unipc"])
     func addNoiseIsAlphaXPlusSigmaNoise(_ name: String) throws {
         let s = try Self.make(name, "{}")

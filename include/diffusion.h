@@ -302,7 +302,10 @@ diffusion_status diffusion_sampler_set_latents(diffusion_sampler *sampler, const
 /* Runs one step (one network evaluation, or two inputs batched for guidance). *remaining, if not
  * NULL, receives the number of steps left after this one. A step when none is left returns
  * DIFFUSION_ERROR_INVALID_STATE. A pending cancel is consumed and returns
- * DIFFUSION_ERROR_CANCELLED without stepping. */
+ * DIFFUSION_ERROR_CANCELLED without stepping. Non-finite values never reach the images silently:
+ * a non-finite x_t (set_latents, start noise, init image) is INVALID_ARGUMENT, a non-finite network
+ * output INVALID_FILE (NaN or infinite weights), a scheduler that degenerates (settings whose noise
+ * levels repeat or vanish) INVALID_ARGUMENT; x_t is left as it was. */
 diffusion_status diffusion_sampler_step(diffusion_sampler *sampler, int32_t *remaining);
 
 /* Called after each step of diffusion_sampler_run: step is 1-based, timestep the one just

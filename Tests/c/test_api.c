@@ -14,7 +14,7 @@
 #include "diffusion.h"
 
 #include <dirent.h>
-#include <math.h>  /* macros only (NAN, isfinite, ...): the test links without -lm */
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>

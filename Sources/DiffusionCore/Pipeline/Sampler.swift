@@ -238,6 +238,9 @@ public final class Sampler {
         defer { stepping = false }
         let i = iteration
         let t = scheduler.timesteps[i]
+        guard latents.data.allFinite(count) else {
+            throw DiffusionError(.invalidArgument, "the sample x_t holds non-finite values before step \(stepIndex + 1) (from set_latents, set_start_noise or the init image?)")
+        }
         // scale_model_input
         let divisor = scheduler.inputDivisor(at: i)
         var input = latents
@@ -246,6 +249,9 @@ public final class Sampler {
             for k in 0..<count { input.data[k] = latents.data[k] / divisor }
         }
         let output = try evaluate(input, timestep: t)
+        if model != nil, !output.data.allFinite(output.count) {
+            throw DiffusionError(.invalidFile, "the network's output at step \(stepIndex + 1) (timestep \(t)) is not finite: the weights hold NaN or infinite values, or overflow")
+        }
         var meanShift: [Float]? = nil
         if let (gradient, scale) = classifier {
             var grad = [Float](repeating: 0, count: count)
@@ -278,7 +284,7 @@ public final class Sampler {
         }
         // A safety net: degenerate settings (noise levels that repeat or vanish) make some
         // schedulers divide by zero. Report it instead of handing back NaN; x_t stays as it was.
-        if latents.data.allFinite(count), !next.data.allFinite(count) {
+        if !next.data.allFinite(count) {
             throw DiffusionError(.invalidArgument, "scheduler \(schedulerName) produced non-finite values at step \(stepIndex + 1) (timestep \(t)); its settings give degenerate noise levels")
         }
         latents = next

@@ -283,3 +283,43 @@ def test_context_managers(plain_dir):
             s.run()
         assert s.closed
     assert m.closed and m._handle is None
+
+
+def _poison(path, tensor, value):
+    """Overwrites the first float32 of `tensor` in a safetensors file with `value`."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    entry = header[tensor]
+    assert entry["dtype"] == "F32"
+    start = 8 + n + entry["data_offsets"][0]
+    data[start:start + 4] = struct.pack("<f", value)
+    path.write_bytes(bytes(data))
+
+
+def test_non_finite_weights_fail_the_step_not_the_image(tmp_path, plain_dir):
+    """A NaN in the weights loads (values are not scanned) but the first step reports it instead of
+    producing NaN images; x_t stays as it was."""
+    model_dir = tmp_path / "m"
+    _copy_model(plain_dir, model_dir)
+    _poison(model_dir / "diffusion_pytorch_model.safetensors", "conv_out.bias", float("nan"))
+    with diffusion.load(model_dir) as m, m.sampler(scheduler="ddim", steps=3, seed=1) as s:
+        before = s.latents
+        with pytest.raises(diffusion.DiffusionError) as ei:
+            s.step()
+        _assert_error(ei, Status.ERROR_INVALID_FILE)
+        assert "not finite" in ei.value.message
+        assert np.array_equal(s.latents, before) and s.steps_done == 0
+
+
+def test_non_finite_latents_are_refused_at_the_step(plain):
+    with plain.sampler(scheduler="ddim", steps=3, seed=1) as s:
+        x = s.latents
+        x[0, 0, 0, 0] = np.inf
+        s.latents = x
+        with pytest.raises(diffusion.DiffusionError) as ei:
+            s.step()
+        _assert_error(ei, Status.ERROR_INVALID_ARGUMENT)
+        assert "non-finite" in ei.value.message

@@ -123,3 +123,22 @@ extension ConfigReader {
         return try double(key, 0)
     }
 }
+
+/// The k-diffusion schedulers (Euler, Euler ancestral, Heun, LMS): x = x_0 + σ ε, one σ per
+/// iteration plus the final one.
+protocol SigmaScheduler: Scheduler {
+    var sigmas: [Float] { get }
+}
+
+extension SigmaScheduler {
+    /// scale_model_input: x / sqrt(σ² + 1) (a float32 division, as diffusers).
+    public func inputDivisor(at index: Int) -> Float { (sigmas[index] * sigmas[index] + 1).squareRoot() }
+    /// ᾱ of the iteration's level: 1 / (1 + σ²).
+    public func alphaProd(at index: Int) -> Float { 1 / (1 + sigmas[index] * sigmas[index]) }
+    /// add_noise: x_0 + σ_index ε.
+    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        let sigma = sigmas[index]
+        for i in 0..<count { out[i] = original[i] + noise[i] * sigma }
+    }
+}

@@ -1,6 +1,6 @@
 /// diffusers `EulerAncestralDiscreteScheduler`: an Euler step down to σ_down, then fresh noise of
 /// standard deviation σ_up (k-diffusion's sample_euler_ancestral, η = 1).
-public final class EulerAncestralDiscreteScheduler: Scheduler {
+public final class EulerAncestralDiscreteScheduler: SigmaScheduler {
     public let config: SchedulerConfig
     public let timesteps: [Float]
     /// σ of each iteration, then 0.
@@ -19,8 +19,6 @@ public final class EulerAncestralDiscreteScheduler: Scheduler {
         initNoiseSigma = SigmaSchedule.initNoiseSigma(sigmas, spacing: config.timestepSpacing)
     }
 
-    public func inputDivisor(at index: Int) -> Float { (sigmas[index] * sigmas[index] + 1).squareRoot() }
-    public func alphaProd(at index: Int) -> Float { 1 / (1 + sigmas[index] * sigmas[index]) }
     /// Every step draws noise (even the last, where σ_up = 0).
     public func needsNoise(at index: Int) -> Bool { true }
 
@@ -45,9 +43,4 @@ public final class EulerAncestralDiscreteScheduler: Scheduler {
     }
 
     /// add_noise: x_0 + σ ε at the iteration's σ.
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        let sigma = sigmas[index]
-        for i in 0..<count { out[i] = original[i] + noise[i] * sigma }
-    }
 }

@@ -4,7 +4,7 @@ import Glibc
 
 /// diffusers `EulerDiscreteScheduler`: Euler's method on the probability-flow ODE in σ
 /// (Karras et al. 2022, Algorithm 2 with s_churn = 0, so no noise is ever drawn).
-public final class EulerDiscreteScheduler: Scheduler {
+public final class EulerDiscreteScheduler: SigmaScheduler {
     public let config: SchedulerConfig
     public let timesteps: [Float]
     /// σ of each iteration, then the final σ (0, or σ_min with final_sigmas_type "sigma_min").
@@ -47,8 +47,6 @@ public final class EulerDiscreteScheduler: Scheduler {
         initNoiseSigma = SigmaSchedule.initNoiseSigma(sigmas, spacing: config.timestepSpacing)
     }
 
-    public func inputDivisor(at index: Int) -> Float { (sigmas[index] * sigmas[index] + 1).squareRoot() }
-    public func alphaProd(at index: Int) -> Float { 1 / (1 + sigmas[index] * sigmas[index]) }
     public func needsNoise(at index: Int) -> Bool { false }
 
     public func step(index: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
@@ -66,9 +64,4 @@ public final class EulerDiscreteScheduler: Scheduler {
     }
 
     /// add_noise: x_0 + σ ε at the iteration's σ.
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        let sigma = sigmas[index]
-        for i in 0..<count { out[i] = original[i] + noise[i] * sigma }
-    }
 }

@@ -1,7 +1,7 @@
 /// diffusers `HeunDiscreteScheduler`: Heun's second-order method on the probability-flow ODE in σ
 /// (Karras et al. 2022, Algorithm 1). Each inference step but the last is two iterations: an Euler step
 /// σ_i → σ_{i+1}, then a correction that averages the derivatives at both ends; the last is Euler to 0.
-public final class HeunDiscreteScheduler: Scheduler {
+public final class HeunDiscreteScheduler: SigmaScheduler {
     public let config: SchedulerConfig
     /// [t_0, t_1, t_1, ..., t_{n−1}, t_{n−1}]: 2n − 1 iterations.
     public let timesteps: [Float]
@@ -28,8 +28,6 @@ public final class HeunDiscreteScheduler: Scheduler {
         initNoiseSigma = SigmaSchedule.initNoiseSigma(sigmas, spacing: config.timestepSpacing)
     }
 
-    public func inputDivisor(at index: Int) -> Float { (sigmas[index] * sigmas[index] + 1).squareRoot() }
-    public func alphaProd(at index: Int) -> Float { 1 / (1 + sigmas[index] * sigmas[index]) }
     public func needsNoise(at index: Int) -> Bool { false }
 
     /// Even iterations are first order, odd ones the correction (diffusers' state_in_first_order: every
@@ -75,9 +73,4 @@ public final class HeunDiscreteScheduler: Scheduler {
     }
 
     /// add_noise: x_0 + σ ε at the iteration's σ.
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        let sigma = sigmas[index]
-        for i in 0..<count { out[i] = original[i] + noise[i] * sigma }
-    }
 }

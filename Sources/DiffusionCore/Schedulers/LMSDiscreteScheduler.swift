@@ -1,7 +1,7 @@
 /// diffusers `LMSDiscreteScheduler`: the linear multistep method (order 4, step()'s default) on the
 /// probability-flow ODE in σ (k-diffusion's sample_lms). Each coefficient is the integral over
 /// [σ_i, σ_{i+1}] of a Lagrange basis polynomial through the last σ's.
-public final class LMSDiscreteScheduler: Scheduler {
+public final class LMSDiscreteScheduler: SigmaScheduler {
     public let config: SchedulerConfig
     public let timesteps: [Float]
     /// σ of each iteration, then 0.
@@ -30,8 +30,6 @@ public final class LMSDiscreteScheduler: Scheduler {
         initNoiseSigma = SigmaSchedule.initNoiseSigma(sigmas, spacing: config.timestepSpacing)
     }
 
-    public func inputDivisor(at index: Int) -> Float { (sigmas[index] * sigmas[index] + 1).squareRoot() }
-    public func alphaProd(at index: Int) -> Float { 1 / (1 + sigmas[index] * sigmas[index]) }
     public func needsNoise(at index: Int) -> Bool { false }
 
     /// get_lms_coefficient: ∫ from σ_t to σ_{t+1} of Π_{k ≠ j} (τ − σ_{t−k}) / (σ_{t−j} − σ_{t−k}) dτ,
@@ -86,9 +84,4 @@ public final class LMSDiscreteScheduler: Scheduler {
     }
 
     /// add_noise: x_0 + σ ε at the iteration's σ.
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        let sigma = sigmas[index]
-        for i in 0..<count { out[i] = original[i] + noise[i] * sigma }
-    }
 }

@@ -6,7 +6,7 @@ import Glibc
 /// prediction), its SDE variant, and the original noise-prediction DPM-Solver (Lu et al. 2022a);
 /// exponential integrators in λ = log(α_t / σ_t) of order 1–3 that reuse the previous steps' outputs.
 /// Coefficients are float32 scalars and every update is evaluated term by term in diffusers' order.
-public final class DPMSolverMultistepScheduler: Scheduler {
+public final class DPMSolverMultistepScheduler: MultistepScheduler {
     public enum Algorithm: String {
         case dpmSolverPP = "dpmsolver++", sdeDPMSolverPP = "sde-dpmsolver++"
         case dpmSolver = "dpmsolver", sdeDPMSolver = "sde-dpmsolver"
@@ -108,16 +108,9 @@ public final class DPMSolverMultistepScheduler: Scheduler {
         buffers = Multistep.Buffers(history: order, scratch: 1)
     }
 
-    /// ᾱ of iteration i's noise level: α_t² = 1 / (1 + σ_i²).
-    public func alphaProd(at index: Int) -> Float { 1 / (sigmas[index] * sigmas[index] + 1) }
 
     /// The SDE variants draw noise in every step (also the last, where its weight is 0).
     public func needsNoise(at index: Int) -> Bool { algorithm.isSDE }
-
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        Multistep.addNoise(level: levels[index], original: original, noise: noise, count: count, into: out)
-    }
 
     public func step(index i: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
                      noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>?, shape: SampleShape,

@@ -252,3 +252,19 @@ enum Multistep {
         return x
     }
 }
+
+/// DPM-Solver and UniPC: variance-preserving noise levels (α_t, σ_t) from the σ schedule.
+protocol MultistepScheduler: Scheduler {
+    var sigmas: [Float] { get }
+    var levels: [Multistep.Level] { get }
+}
+
+extension MultistepScheduler {
+    /// ᾱ of iteration i's noise level: α_t² = 1 / (1 + σ_i²).
+    public func alphaProd(at index: Int) -> Float { 1 / (sigmas[index] * sigmas[index] + 1) }
+    /// add_noise: α_t x_0 + σ_t ε at the iteration's level.
+    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        Multistep.addNoise(level: levels[index], original: original, noise: noise, count: count, into: out)
+    }
+}

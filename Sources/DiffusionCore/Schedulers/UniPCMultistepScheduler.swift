@@ -2,7 +2,7 @@
 /// 1–3 and, from the second step on, a corrector (UniC) that refines the previous step's result with
 /// the model output at the new sample, both in λ = log(α_t / σ_t) with B(h) = h (bh1) or e^h − 1
 /// (bh2). The small linear systems of the coefficients are solved in float32 as torch does.
-public final class UniPCMultistepScheduler: Scheduler {
+public final class UniPCMultistepScheduler: MultistepScheduler {
     public enum SolverType: String { case bh1, bh2 }
 
     static let name = "UniPCMultistepScheduler"
@@ -95,14 +95,7 @@ public final class UniPCMultistepScheduler: Scheduler {
         buffers = Multistep.Buffers(history: order + 1, scratch: 2)
     }
 
-    /// ᾱ of iteration i's noise level: α_t² = 1 / (1 + σ_i²).
-    public func alphaProd(at index: Int) -> Float { 1 / (sigmas[index] * sigmas[index] + 1) }
     public func needsNoise(at index: Int) -> Bool { false }
-
-    public func addNoise(original: UnsafePointer<Float>, noise: UnsafePointer<Float>, count: Int, index: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        Multistep.addNoise(level: levels[index], original: original, noise: noise, count: count, into: out)
-    }
 
     public func step(index i: Int, modelOutput: UnsafePointer<Float>, sample: UnsafePointer<Float>,
                      noise: UnsafePointer<Float>?, meanShift: UnsafePointer<Float>?, shape: SampleShape,

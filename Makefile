@@ -59,6 +59,12 @@ test-install: build
 	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/generate.c \
 	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lz -o $$tmp/generate && \
 	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model $(TEST_MODEL) --steps 10 --output $$tmp/c.png && \
+	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/own_denoiser.c \
+	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lm -o $$tmp/own_denoiser && \
+	for s in ddpm:100 ddim:50 euler:30 euler_a:30 heun:15 dpmpp_2m:20 pndm:20 lms:30 unipc:10 lcm:4; do \
+	  out=$$(LD_LIBRARY_PATH=$$tmp/lib $$tmp/own_denoiser $${s%%:*} $${s##*:}) || { echo "$$out"; exit 1; }; \
+	  echo "$$out" | head -1; \
+	done && \
 	$$tmp/bin/diffusion info --model $(TEST_MODEL) >/dev/null && \
 	test -s $$tmp/c.png && echo "install + pkg-config + C example: ok ($$tmp)"; \
 	st=$$?; rm -rf $$tmp; exit $$st

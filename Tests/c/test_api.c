@@ -1162,7 +1162,7 @@ static void test_threads_and_determinism(void) {
 
 typedef struct {
     int calls;
-    bool fail;
+    bool fail, nan;
     float last_t;
     int32_t shape[4];
     int32_t out_channels;
@@ -1180,6 +1180,7 @@ static bool toy_denoise(const float *x, const int32_t shape[4], float t, float *
     size_t n = (size_t)shape[0] * (size_t)out_channels * (size_t)shape[2] * (size_t)shape[3];
     for (size_t i = 0; i < n; i++) out[i] = 0.7f * x[i % ((size_t)shape[0] * shape[1] * shape[2] * shape[3])] +
                                             0.3f * sinf(x[i % ((size_t)shape[0] * shape[1] * shape[2] * shape[3])]);
+    if (st->nan) out[n - 1] = NAN;
     return true;
 }
 
@@ -1317,6 +1318,11 @@ static void test_custom_denoiser(void) {
     CHECK_OK(diffusion_sampler_progress(s, &done, &total));
     CHECK(done == 0 && total == 10);
     st.fail = false;
+    st.nan = true; /* a non-finite output is the callback's failure too, and changes nothing */
+    CHECK_ERROR(diffusion_sampler_step(s, NULL), DIFFUSION_ERROR_CALLBACK, "not finite");
+    CHECK_OK(diffusion_sampler_progress(s, &done, &total));
+    CHECK(done == 0);
+    st.nan = false;
     st.calls = 0;
     CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
     CHECK(st.calls == 10);

@@ -48,6 +48,8 @@ public final class Sampler {
     private let cancelRequested = Atomic<Bool>(false)
     /// Set during a step, so a callback that steps its own sampler gets an error, not a tangle.
     private var stepping = false
+    /// x_t came from a step (which checked it is finite), not from the caller.
+    private var latentsChecked = false
 
     public var batch: Int { shape.batch }
     public var channels: Int { shape.channels }
@@ -139,6 +141,7 @@ public final class Sampler {
     /// x at the first iteration: the start noise scaled by init_noise_sigma, or the init image
     /// noised to the first iteration's level.
     private func resetStart() {
+        latentsChecked = false
         if let image = initImage {
             scheduler.addNoise(original: image, noise: startNoise, count: count, index: firstIteration, into: latents.data)
         } else {
@@ -218,6 +221,7 @@ public final class Sampler {
 
     public func setLatents(from src: UnsafePointer<Float>) {
         latents.data.update(from: src, count: latents.count)
+        latentsChecked = false
     }
 
     public func cancel() { cancelRequested.store(true, ordering: .relaxed) }
@@ -238,7 +242,7 @@ public final class Sampler {
         defer { stepping = false }
         let i = iteration
         let t = scheduler.timesteps[i]
-        guard latents.data.allFinite(count) else {
+        guard latentsChecked || latents.data.allFinite(count) else {
             throw DiffusionError(.invalidArgument, "the sample x_t holds non-finite values before step \(stepIndex + 1) (from set_latents, set_start_noise or the init image?)")
         }
         // scale_model_input
@@ -249,8 +253,10 @@ public final class Sampler {
             for k in 0..<count { input.data[k] = latents.data[k] / divisor }
         }
         let output = try evaluate(input, timestep: t)
-        if model != nil, !output.data.allFinite(output.count) {
-            throw DiffusionError(.invalidFile, "the network's output at step \(stepIndex + 1) (timestep \(t)) is not finite: the weights hold NaN or infinite values, or overflow")
+        if !output.data.allFinite(output.count) {
+            throw model == nil
+                ? DiffusionError(.callback, "the denoiser's output at step \(stepIndex + 1) (timestep \(t)) is not finite")
+                : DiffusionError(.invalidFile, "the network's output at step \(stepIndex + 1) (timestep \(t)) is not finite: the weights hold NaN or infinite values, or overflow")
         }
         var meanShift: [Float]? = nil
         if let (gradient, scale) = classifier {
@@ -264,7 +270,8 @@ public final class Sampler {
                 throw DiffusionError(.callback, "the classifier gradient at step \(stepIndex + 1) (timestep \(t)) is not finite")
             }
             if scheduler.guidesByMeanShift {
-                meanShift = grad.map { scale * $0 }
+                for k in grad.indices { grad[k] *= scale }
+                meanShift = grad
             } else {
                 applyEpsilonGuidance(grad, scale: scale, index: i, to: output)
             }
@@ -276,18 +283,18 @@ public final class Sampler {
             noise = z
         }
         let next = Tensor(n: batch, c: channels, h: height, w: width)
-        let shift = meanShift ?? []
-        shift.withUnsafeBufferPointer { s in
+        func schedulerStep(_ shift: UnsafePointer<Float>?) {
             scheduler.step(index: i, modelOutput: output.data, sample: latents.data,
-                           noise: noise.map { UnsafePointer($0.data) }, meanShift: meanShift == nil ? nil : s.baseAddress,
-                           shape: shape, prev: next.data)
+                           noise: noise.map { UnsafePointer($0.data) }, meanShift: shift, shape: shape, prev: next.data)
         }
+        if let meanShift { meanShift.withUnsafeBufferPointer { schedulerStep($0.baseAddress) } } else { schedulerStep(nil) }
         // A safety net: degenerate settings (noise levels that repeat or vanish) make some
         // schedulers divide by zero. Report it instead of handing back NaN; x_t stays as it was.
         if !next.data.allFinite(count) {
             throw DiffusionError(.invalidArgument, "scheduler \(schedulerName) produced non-finite values at step \(stepIndex + 1) (timestep \(t)); its settings give degenerate noise levels")
         }
         latents = next
+        latentsChecked = true
         iteration += 1
         return remainingSteps
     }
@@ -318,9 +325,6 @@ public final class Sampler {
             let out = Tensor(n: batch, c: channels * scheduler.modelOutputChannelFactor, h: height, w: width)
             do { try denoiser!(x.data, shape, t, out.data) } catch let e as DiffusionError {
                 throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
-            }
-            for i in 0..<out.count where !out.data[i].isFinite {
-                throw DiffusionError(.callback, "the denoiser's output at step \(stepIndex + 1) (timestep \(t)) is not finite (value \(i))")
             }
             return out
         }

@@ -129,3 +129,27 @@ def sampler_case(case: str):
 def train_alphas_cumprod(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     """ᾱ_t of diffusers' default linear beta schedule, in float64."""
     return np.cumprod(1.0 - np.linspace(beta_start, beta_end, n, dtype=np.float64))
+
+
+def assert_parallel_runs_match(make_sampler, settings) -> None:
+    """Runs one sampler per settings dict alone, then all at once on their own threads: every final
+    sample must be bit-identical (samplers share nothing but the model)."""
+    import threading
+
+    alone = []
+    for kw in settings:
+        with make_sampler(**kw) as s:
+            alone.append(s.run())
+    together = [None] * len(settings)
+
+    def work(i):
+        with make_sampler(**settings[i]) as s:
+            together[i] = s.run()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        assert b is not None and np.array_equal(a, b)

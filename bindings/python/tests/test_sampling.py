@@ -372,24 +372,7 @@ def test_images_after_run_match_the_final_sample(plain):
 
 def test_samplers_in_parallel_threads(plain):
     """Many samplers run concurrently on one model, each giving what it gives alone."""
-    settings = [dict(scheduler="ddim", steps=6, seed=i, eta=0.5) for i in range(3)]
-    alone = []
-    for kw in settings:
-        with plain.sampler(**kw) as s:
-            alone.append(s.run())
-    together = [None] * len(settings)
-
-    def work(i):
-        with plain.sampler(**settings[i]) as s:
-            together[i] = s.run()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(settings))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for a, b in zip(alone, together):
-        assert np.array_equal(a, b)
+    helpers.assert_parallel_runs_match(plain.sampler, [dict(scheduler="ddim", steps=6, seed=i, eta=0.5) for i in range(3)])
 
 
 def test_guidance_set_later_equals_constructor():

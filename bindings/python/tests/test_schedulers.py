@@ -472,24 +472,9 @@ def test_denoiser_sampler_is_freed_without_gc():
 
 
 def test_denoiser_samplers_in_parallel_threads():
-    kws = [dict(shape=(1, 2, 4, 4), scheduler="ddpm", steps=20, seed=i) for i in range(3)]
-    alone = []
-    for kw in kws:
-        with diffusion.Sampler(denoiser=toy, **kw) as s:
-            alone.append(s.run())
-    together = [None] * len(kws)
-
-    def work(i):
-        with diffusion.Sampler(denoiser=toy, **kws[i]) as s:
-            together[i] = s.run()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(kws))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for a, b in zip(alone, together):
-        assert np.array_equal(a, b)
+    helpers.assert_parallel_runs_match(
+        lambda **kw: diffusion.Sampler(denoiser=toy, **kw),
+        [dict(shape=(1, 2, 4, 4), scheduler="ddpm", steps=20, seed=i) for i in range(3)])
 
 
 def test_params_channels_default():

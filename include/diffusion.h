@@ -128,8 +128,8 @@ diffusion_status diffusion_model_load(const char *path, const diffusion_model_pa
                                       diffusion_model **out_model);
 
 /* Frees a model. NULL is a no-op, and so is a pointer that is not a live model (a double free
- * is caught, unless the address has been reused by a newer model). Samplers made from the model
- * keep it alive until they are freed too. */
+ * is caught, unless the address has been reused by a newer model). A model may be freed while
+ * samplers made from it still exist: each sampler keeps the weights alive until it is freed. */
 void diffusion_model_free(diffusion_model *model);
 
 typedef struct diffusion_model_info {
@@ -203,8 +203,9 @@ typedef struct diffusion_sampler_params {
  * and sets params->struct_size. NULL is ignored. */
 void diffusion_sampler_params_init(diffusion_sampler_params *params, size_t struct_size);
 
-/* Creates a sampler and draws its start noise x_T. params may be NULL (defaults). The model
- * must outlive the sampler. On failure *out_sampler is set to NULL. */
+/* Creates a sampler and draws its start noise x_T. params may be NULL (defaults). The sampler
+ * keeps the model alive (diffusion_model_free may come first). On failure *out_sampler is set to
+ * NULL. */
 diffusion_status diffusion_sampler_create(const diffusion_model *model,
                                           const diffusion_sampler_params *params,
                                           diffusion_sampler **out_sampler);
@@ -329,11 +330,22 @@ diffusion_status diffusion_sampler_progress(const diffusion_sampler *sampler, in
  * NULL is a no-op. */
 void diffusion_sampler_cancel(diffusion_sampler *sampler);
 
-/* The current sample as 8-bit pixels: batch x height x width x channels, interleaved, each
- * value round(clamp(x / 2 + 0.5, 0, 1) * 255) as diffusers' pipelines do. size must be
- * batch * height * width * channels. */
+/* The finished run's images as 8-bit pixels: image_shape's batch x height x width x channels,
+ * interleaved, each value round(clamp(x / 2 + 0.5, 0, 1) * 255) of the decoded sample x_0 as
+ * diffusers' pipelines do (a pixel-space model's x_0 is the image; a latent model's is decoded by
+ * its VAE). size must be batch * height * width * channels of diffusion_sampler_image_shape.
+ * Before the last step: DIFFUSION_ERROR_INVALID_STATE (use diffusion_sampler_get_preview_images). */
 diffusion_status diffusion_sampler_get_images(const diffusion_sampler *sampler, uint8_t *out,
                                               size_t size);
+
+/* The shape of the images get_images writes: shape[0..3] = batch, height, width, channels (for a
+ * latent model the VAE's pixel size, not the latents'). */
+diffusion_status diffusion_sampler_image_shape(const diffusion_sampler *sampler, int32_t shape[4]);
+
+/* The current sample x_t decoded like get_images at any point of the run (a preview, e.g. from a
+ * progress callback's thread between steps): the same size and mapping. */
+diffusion_status diffusion_sampler_get_preview_images(const diffusion_sampler *sampler, uint8_t *out,
+                                                      size_t size);
 
 /* ---- Schedulers, noise and interpolation ------------------------------------------------- */
 

@@ -55,12 +55,12 @@ public func diffusion_model_get_info(_ model: OpaquePointer!, _ info: UnsafeMuta
         guard let info else { throw invalid("info is NULL") }
         let size = Int(info.pointee.struct_size)
         guard size >= 8, size <= 1 << 16 else { throw invalid("info.struct_size \(size) is not valid (set it to sizeof(diffusion_model_info))") }
-        let c = m.config
-        var full = diffusion_model_info(struct_size: info.pointee.struct_size, in_channels: Int32(c.inChannels),
-                                        out_channels: Int32(c.outChannels), sample_size: Int32(c.sampleHeight ?? 0),
-                                        num_class_embeds: Int32(c.numClassEmbeds ?? 0),
-                                        sample_width: Int32(c.sampleWidth ?? 0),
-                                        null_class_label: Int32(c.nullClassLabel ?? -1))
+        let c = m.info
+        var full = diffusion_model_info(struct_size: info.pointee.struct_size, in_channels: Int32(clamping: c.inChannels),
+                                        out_channels: Int32(clamping: c.outChannels), sample_size: Int32(clamping: c.sampleHeight ?? 0),
+                                        num_class_embeds: Int32(clamping: c.numClassEmbeds ?? 0),
+                                        sample_width: Int32(clamping: c.sampleWidth ?? 0),
+                                        null_class_label: Int32(clamping: c.nullClassLabel ?? -1))
         withUnsafeBytes(of: &full) { src in
             UnsafeMutableRawPointer(info).copyMemory(from: src.baseAddress!, byteCount: min(size, src.count))
         }
@@ -98,7 +98,7 @@ public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<
         guard let x else { throw invalid("x is NULL") }
         guard let timesteps else { throw invalid("timesteps is NULL") }
         guard let out else { throw invalid("out is NULL") }
-        let c = m.config
+        let c = m.info
         let n = Int(batch), h = Int(height), w = Int(width)
         guard Int(channels) == c.inChannels else {
             throw invalid("channels is \(channels), the model takes \(c.inChannels) input channels")

@@ -145,7 +145,12 @@ public func diffusion_sampler_set_class_label(_ sampler: OpaquePointer!, _ label
         let s = try lookupSampler(sampler)
         guard let labels else { throw invalid("labels is NULL") }
         guard count >= 1 else { throw invalid("count \(count) must be at least 1") }
-        try s.setClassLabels((0..<Int(count)).map { Int(labels[$0]) })
+        guard let model = s.model else { throw invalid("class labels need a model (this sampler has a caller's denoiser)") }
+        guard count == 1 || Int(count) == s.batch else {
+            throw invalid("\(count) class labels for a batch of \(s.batch) (give 1 or \(s.batch))")
+        }
+        let (conditional, unconditional) = try model.classConditioning((0..<Int(count)).map { Int(labels[$0]) }, batch: s.batch)
+        s.setConditioning(conditional, unconditional: unconditional)
     }
 }
 
@@ -235,14 +240,43 @@ public func diffusion_sampler_cancel(_ sampler: OpaquePointer!) {
     (try? lookupSampler(sampler))?.cancel()
 }
 
+/// The decoded images' shape: batch, height, width, channels.
+func imageShape(_ s: Sampler) -> (n: Int, h: Int, w: Int, c: Int) {
+    let f = s.model?.info.vaeScaleFactor ?? 1
+    let c = s.model?.imageChannels ?? s.channels
+    return (s.batch, s.height * f, s.width * f, c)
+}
+
+/// Decodes the current sample into `out` (arguments checked first, then that the run is finished
+/// unless this is a preview).
+func writeImages(_ s: Sampler, _ out: UnsafeMutablePointer<UInt8>?, _ size: Int, preview: Bool) throws {
+    guard let out else { throw invalid("out is NULL") }
+    let (n, h, w, c) = imageShape(s)
+    guard size == n * h * w * c else {
+        throw invalid("size is \(size), expected \(n * h * w * c) (batch x height x width x channels of diffusion_sampler_image_shape)")
+    }
+    guard preview || s.isFinished else {
+        throw DiffusionError(.invalidState, "the run has not finished (\(s.stepIndex) of \(s.totalSteps) steps done); diffusion_sampler_get_preview_images gives intermediate images")
+    }
+    pixelBytes(try s.model?.decode(s.sample) ?? s.sample, into: out)
+}
+
 @c @implementation
 public func diffusion_sampler_get_images(_ sampler: OpaquePointer!, _ out: UnsafeMutablePointer<UInt8>!, _ size: Int) -> diffusion_status {
+    boundary { try writeImages(try lookupSampler(sampler), out, size, preview: false) }
+}
+
+@c @implementation
+public func diffusion_sampler_get_preview_images(_ sampler: OpaquePointer!, _ out: UnsafeMutablePointer<UInt8>!, _ size: Int) -> diffusion_status {
+    boundary { try writeImages(try lookupSampler(sampler), out, size, preview: true) }
+}
+
+@c @implementation
+public func diffusion_sampler_image_shape(_ sampler: OpaquePointer!, _ shape: UnsafeMutablePointer<Int32>!) -> diffusion_status {
     boundary {
         let s = try lookupSampler(sampler)
-        guard let out else { throw invalid("out is NULL") }
-        guard size == s.count else {
-            throw invalid("size is \(size), expected \(s.count) (batch x height x width x channels)")
-        }
-        s.images(into: out)
+        guard let shape else { throw invalid("shape is NULL") }
+        let (n, h, w, c) = imageShape(s)
+        shape[0] = Int32(n); shape[1] = Int32(h); shape[2] = Int32(w); shape[3] = Int32(c)
     }
 }

@@ -54,9 +54,13 @@ struct Info: ParsableCommand {
     func run() throws {
         do {
             let m = try modelOption.load()
-            let c = m.config
+            let c = m.info
             print("model:       \(modelOption.model ?? defaultModelPath())")
-            print("network:     UNet2DModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(c.blockOutChannels)")
+            if let u = m.pixelUNet {
+                print("network:     UNet2DModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(u.config.blockOutChannels)")
+            } else if let u = m.conditionUNet {
+                print("network:     UNet2DConditionModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(u.config.blockOutChannels), text width \(c.contextWidth)")
+            }
             print("sample size: \(c.sampleHeight.map(String.init) ?? "none") x \(c.sampleWidth.map(String.init) ?? "none")")
             print("classes:     \(c.numClassEmbeds.map(String.init) ?? "none")" +
                   (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? ""))
@@ -136,7 +140,7 @@ struct Generate: ParsableCommand {
 
     func generate() throws {
         let model = try modelOption.load()
-        let config = model.config
+        let config = model.info
         // Labels per image, and the number of grid rows.
         var labels: [Int]? = nil
         var rows = Int(Double(count).squareRoot().rounded(.up))
@@ -146,7 +150,8 @@ struct Generate: ParsableCommand {
             guard let classes = config.numClassEmbeds else {
                 throw DiffusionError(.invalidArgument, "--class: this model is not class-conditional")
             }
-            let real = config.nullClassLabel.map { classes - ($0 == classes - 1 ? 1 : 0) } ?? classes
+            let nullIsLast = config.nullClassLabel == classes - 1
+            let real: Int = nullIsLast ? classes - 1 : classes
             if c == "all" {
                 labels = (0..<real).flatMap { [Int](repeating: $0, count: count) }
                 rows = real
@@ -173,7 +178,10 @@ struct Generate: ParsableCommand {
         p.batch = batch
         p.eta = eta
         let sampler = try Sampler(model: model, params: p)
-        if let labels { try sampler.setClassLabels(labels) }
+        if let labels {
+            let (conditional, unconditional) = try model.classConditioning(labels, batch: batch)
+            sampler.setConditioning(conditional, unconditional: unconditional)
+        }
         try sampler.setGuidanceScale(guidance)
         if let initImage {
             let x0 = try initSample(initImage, channels: sampler.channels, height: sampler.height, width: sampler.width)
@@ -194,7 +202,8 @@ struct Generate: ParsableCommand {
         let seconds = monotonicSeconds() - start
 
         var pixels = [UInt8](repeating: 0, count: sampler.count)
-        pixels.withUnsafeMutableBufferPointer { sampler.images(into: $0.baseAddress!) }
+        let decoded = try model.decode(sampler.sample)
+        pixels.withUnsafeMutableBufferPointer { pixelBytes(decoded, into: $0.baseAddress!) }
         let channels = sampler.channels == 1 || sampler.channels == 3 ? sampler.channels : 1
         let s = scale > 0 ? scale : max(1, (64 + sampler.height - 1) / sampler.height)
         let grid = Grid(rows: rows, columns: columns, height: sampler.height, width: sampler.width,

@@ -22,9 +22,12 @@ enum Fixtures {
 
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 
+    /// The entries of a fixture folder; a missing or empty folder is a failure, never zero cases.
     static func cases(_ folder: String) -> [String] {
         let dir = root.appendingPathComponent(folder)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir.path), !names.isEmpty else {
+            fatalError("fixture folder \(dir.path) is missing or empty (regenerate it with the tools/ scripts)")
+        }
         return names.sorted()
     }
 
@@ -61,7 +64,11 @@ enum Fixtures {
     static func maxAbsDiff(_ a: [Float], _ b: [Double]) -> Double {
         precondition(a.count == b.count, "size mismatch \(a.count) vs \(b.count)")
         var m = 0.0
-        for i in a.indices { m = max(m, abs(Double(a[i]) - b[i])) }
+        for i in a.indices {
+            let d = abs(Double(a[i]) - b[i])
+            if d.isNaN { return .infinity }  // Swift's max skips NaN: a NaN must fail the comparison
+            m = max(m, d)
+        }
         return m
     }
 }

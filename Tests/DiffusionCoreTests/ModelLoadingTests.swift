@@ -43,7 +43,7 @@ import DiffusionCore
             ("in_channels", -3, .invalidFile, ["in_channels"]),
             ("down_block_types", ["DownBlock2D"], .invalidFile, ["down_block_types", "block_out_channels"]),
             ("norm_num_groups", 3, .unsupported, ["norm_num_groups"]),
-            ("_class_name", "UNet2DConditionModel", .unsupported, ["UNet2DConditionModel"]),
+            ("_class_name", "UNet3DConditionModel", .unsupported, ["UNet3DConditionModel"]),
         ]
         for (key, value, code, phrases) in cases {
             let path = try folder { $0[key] = value }
@@ -159,6 +159,6 @@ import DiffusionCore
         }
         let s = try Sampler(model: m, params: SamplerParams())
         expectError(.noUnconditional, ["unconditional"]) { try s.setGuidanceScale(3) }
-        expectError(.invalidArgument, ["not class-conditional"]) { try s.setClassLabels([1]) }
+        expectError(.invalidArgument, ["not class-conditional"]) { _ = try m.classConditioning([1], batch: 1) }
     }
 }

@@ -26,7 +26,10 @@ import DiffusionCore
         let overrides = try JSONSerialization.data(withJSONObject: run["scheduler_config"] as? [String: Any] ?? [:])
         p.schedulerOverrides = try JSONValue.parse(String(decoding: overrides, as: UTF8.self))
         let sampler = try Sampler(model: model, params: p)
-        if let labels = run["class_labels"] as? [Int] { try sampler.setClassLabels(labels) }
+        if let labels = run["class_labels"] as? [Int] {
+            let (c, u) = try model.classConditioning(labels, batch: sampler.batch)
+            sampler.setConditioning(c, unconditional: u)
+        }
         if let scale = run["guidance_scale"] as? Double { try sampler.setGuidanceScale(Float(scale)) }
         if let strength = run["strength"] as? Double {
             let image = try #require(expected["init_image"]).values.map { Float($0) }

@@ -864,6 +864,12 @@ static void test_buffers_and_steps(void) {
     CHECK_OK(diffusion_sampler_get_latents(s, x, n));
     CHECK(all_finite(x, n));
     CHECK_OK(diffusion_sampler_get_images(s, px, n));
+    {
+        int32_t ishape[4];  /* a pixel model's images have x_t's size, channels last */
+        CHECK_OK(diffusion_sampler_image_shape(s, ishape));
+        CHECK((size_t)ishape[0] * ishape[1] * ishape[2] * ishape[3] == (size_t)n);
+        CHECK_ERROR(diffusion_sampler_image_shape(s, NULL), DIFFUSION_ERROR_INVALID_ARGUMENT, "shape");
+    }
     free(x);
     free(px);
     diffusion_sampler_free(s);
@@ -913,7 +919,9 @@ static void test_images(void) {
     enum { NS = sizeof special / sizeof special[0] };
     for (int k = 0; k < NS; k++) x[k] = special[k];  /* image 0, channel 0, pixels 0..NS-1 */
     CHECK_OK(diffusion_sampler_set_latents(s, x, N));
-    CHECK_OK(diffusion_sampler_get_images(s, px, N));
+    /* Before the run has finished only the preview call gives images. */
+    CHECK_ERROR(diffusion_sampler_get_images(s, px, N), DIFFUSION_ERROR_INVALID_STATE, "preview");
+    CHECK_OK(diffusion_sampler_get_preview_images(s, px, N));
     for (int k = 0; k < NS; k++) {
         if (px[k * C] != want[k]) {
             char what[128];

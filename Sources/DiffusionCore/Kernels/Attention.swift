@@ -46,3 +46,37 @@ func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
     let inv = 1 / sum
     for j in 0..<count { row[j] *= inv }
 }
+
+/// Multi-head scaled dot-product attention over token rows, with keys of any length:
+/// out[b, i, h·d + c] = Σ_j softmax_j(scale · q[b, i, h·d ..] · k[b, j, h·d ..]) v[b, j, h·d + c].
+/// q, k, v and out are row-major with row strides ldq, ldk, ldv, ldo (so q, k and v may be
+/// column ranges of one fused projection). `causal` masks keys after the query (CLIP's text
+/// encoder). Work is split into (image, head, block of queries) jobs of fixed size, each with its
+/// own scores [block, keys], so memory stays bounded and any thread count gives the same bytes.
+func attention(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int,
+               out: UnsafeMutablePointer<Float>, ldo: Int, batch: Int, queries: Int, keys: Int, heads: Int, headDim d: Int,
+               causal: Bool = false, threads: Int) {
+    let scale = 1 / Float(d).squareRoot()
+    let rowBlock = 64
+    let blocks = (queries + rowBlock - 1) / rowBlock
+    parallelFor(batch * heads * blocks, threads: threads) { job in
+        let b = job / (heads * blocks), h = (job / blocks) % heads
+        let i0 = (job % blocks) * rowBlock, rows = min(rowBlock, queries - i0)
+        let scores = FloatBuffer(count: rows * keys)
+        let s = scores.pointer
+        let qh = q + (b * queries + i0) * ldq + h * d
+        let kh = k + b * keys * ldk + h * d
+        let vh = v + b * keys * ldv + h * d
+        // scores[i, j] = scale · q_i · k_j
+        sgemm(transB: true, m: rows, n: keys, k: d, alpha: scale, a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: keys)
+        for i in 0..<rows {
+            let row = s + i * keys
+            if causal, i0 + i + 1 < keys { (row + i0 + i + 1).update(repeating: -.infinity, count: keys - i0 - i - 1) }
+            softmaxInPlace(row, count: keys)
+        }
+        // out_i = Σ_j scores[i, j] v_j
+        sgemm(m: rows, n: d, k: keys, a: s, lda: keys, b: vh, ldb: ldv,
+              c: out + (b * queries + i0) * ldo + h * d, ldc: ldo)
+        withExtendedLifetime(scores) {}
+    }
+}

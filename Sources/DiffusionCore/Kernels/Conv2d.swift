@@ -1,29 +1,14 @@
-/// A 2-D convolution layer's parameters: weight [cout, cin, k, k] stored as rows of `lda` floats,
-/// [cin*k*k weights, bias]: the bias rides in the GEMM as one more column, against a row of ones
-/// under the im2col matrix, so C needs no bias fill and is never read back.
+/// A 2-D convolution layer: weight [cout, cin, k, k] in its stored dtype (widened per call), bias.
 public struct Conv2d {
-    public let weight: FloatBuffer
-    public let bias: FloatBuffer?
-    let lda: Int
+    public let weight: StoredTensor
+    public let bias: [Float]?
     public let cin: Int, cout: Int, kernel: Int, stride: Int
     /// Zero padding on each side (top, left, bottom, right).
     public let padTop: Int, padLeft: Int, padBottom: Int, padRight: Int
 
-    public init(weight: FloatBuffer, bias: FloatBuffer?, cin: Int, cout: Int, kernel: Int, stride: Int = 1,
+    public init(weight: StoredTensor, bias: [Float]?, cin: Int, cout: Int, kernel: Int, stride: Int = 1,
                 padTop: Int, padLeft: Int, padBottom: Int, padRight: Int) {
-        let kk = cin * kernel * kernel
-        if let bias {
-            let augmented = FloatBuffer(count: cout * (kk + 1), pooled: false)
-            for co in 0..<cout {
-                (augmented.pointer + co * (kk + 1)).update(from: weight.pointer + co * kk, count: kk)
-                augmented.pointer[co * (kk + 1) + kk] = bias.pointer[co]
-            }
-            self.weight = augmented
-            lda = kk + 1
-        } else {
-            self.weight = weight
-            lda = kk
-        }
+        self.weight = weight
         self.bias = bias
         self.cin = cin; self.cout = cout; self.kernel = kernel; self.stride = stride
         self.padTop = padTop; self.padLeft = padLeft; self.padBottom = padBottom; self.padRight = padRight
@@ -39,24 +24,45 @@ public struct Conv2d {
     /// single-threaded OpenBLAS call on one of our threads.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         precondition(x.c == cin, "conv input channels")
+        return weight.withFloats { convolve(x, weight: $0, threads: threads) }
+    }
+
+    /// The most one im2col matrix may take: larger images are done in bands of output rows.
+    static let im2colBudget = 32 << 20
+
+    private func convolve(_ x: Tensor, weight: UnsafePointer<Float>, threads: Int) -> Tensor {
         let (oh, ow) = outputSize(h: x.h, w: x.w)
         let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
         let ohw = oh * ow, ihw = x.hw
         let kk = cin * kernel * kernel
         let direct = kernel == 1 && stride == 1 && padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0
+        if !direct && kk * ohw * 4 > Conv2d.im2colBudget {
+            // One image's im2col alone is too big (the VAE decoder at 512x512: 1.2 GB): bands.
+            let bandRows = max(1, Conv2d.im2colBudget / (kk * ow * 4))
+            let colBuffer = FloatBuffer(count: kk * min(bandRows, oh) * ow)
+            let col = colBuffer.pointer
+            for img in 0..<x.n {
+                for oy0 in Swift.stride(from: 0, to: oh, by: bandRows) {
+                    let rows = min(bandRows, oh - oy0), cols = rows * ow
+                    parallelFor(cin, threads: threads) { ci in
+                        im2col(x, image: img, channel: ci, firstRow: oy0, rows: rows, ow: ow, into: col, ld: cols)
+                    }
+                    gemmTiles(weight, segments: 1, segmentCols: cols, threads: threads) { _ in
+                        (UnsafePointer(col), cols, y.data + img * cout * ohw + oy0 * ow, ohw)
+                    }
+                }
+            }
+            return withExtendedLifetime(colBuffer) { y }
+        }
         // Images per group: keep B under ~16 MB. Large images write C straight into y (one tile
         // never spans two images); small ones (late, low-resolution layers) share tiles through a
         // staging buffer so their GEMMs are not tiny.
         let group = max(1, min(x.n, (16 << 20) / max(1, kk * ohw * 4)))
         let perImage = ohw >= 1024 || group == 1
-        // B's rows: kk, plus the row of ones that multiplies the bias column
-        let rows = bias == nil ? kk : kk + 1
-        let colBuffer = direct && group == 1 ? nil : FloatBuffer(count: rows * ohw * group)
+        let colBuffer = direct && group == 1 ? nil : FloatBuffer(count: kk * ohw * group)
         let stagingBuffer = perImage ? nil : FloatBuffer(count: cout * ohw * group)
         let col = colBuffer?.pointer, staging = stagingBuffer?.pointer
         defer { withExtendedLifetime((colBuffer, stagingBuffer)) {} }
-        let bias = self.bias?.pointer
-        let lda = self.lda
         for first in Swift.stride(from: 0, to: x.n, by: group) {
             let images = min(group, x.n - first)
             let cols = images * ohw
@@ -68,42 +74,17 @@ public struct Conv2d {
                     if direct {
                         (col + ci * cols + img * ohw).update(from: x.data + ((first + img) * cin + ci) * ihw, count: ohw)
                     } else {
-                        im2col(x, image: first + img, channel: ci, oh: oh, ow: ow, into: col + img * ohw, ld: cols)
+                        im2col(x, image: first + img, channel: ci, firstRow: 0, rows: oh, ow: ow, into: col + img * ohw, ld: cols)
                     }
                 }
-                if rows > kk { (col + kk * cols).update(repeating: 1, count: cols) }
                 b = UnsafePointer(col)
             } else {
                 b = UnsafePointer(x.data + first * cin * ihw)
             }
-            // Tiles: (segment, column block, row block); a segment is one image, or the whole
-            // group when staging. Fixed sizes, so any thread count computes identical bytes.
-            let segments = perImage ? images : 1
-            let segmentCols = perImage ? ohw : cols
-            // Split columns before rows: every row block re-packs B, every column block only
-            // re-packs the (smaller) weight panel.
-            let wanted = max(2, 4 / segments)  // at least two per image: groups of 3 images balance on 2 threads
-            let colTile = min(1024, max(128, (segmentCols / wanted + 63) / 64 * 64))
-            let colTiles = (segmentCols + colTile - 1) / colTile
-            var rowSplit = 1
-            while segments * colTiles * rowSplit < 4 && cout / (rowSplit * 2) >= 32 { rowSplit *= 2 }
-            let rowTile = (cout + rowSplit - 1) / rowSplit
-            parallelFor(segments * colTiles * rowSplit, threads: threads) { t in
-                let seg = t / (colTiles * rowSplit), rest = t % (colTiles * rowSplit)
-                let c0 = (rest / rowSplit) * colTile, n = min(colTile, segmentCols - c0)
-                let r0 = (rest % rowSplit) * rowTile, m = min(rowTile, cout - r0)
-                guard m > 0 else { return }
-                let cBase: UnsafeMutablePointer<Float>, ldc: Int
-                if let staging { cBase = staging; ldc = cols } else { cBase = y.data + (first + seg) * cout * ohw; ldc = ohw }
-                let cTile = cBase + r0 * ldc + c0
-                // Without an im2col matrix (a 1x1 conv on one image) the bias is filled in first.
-                let fill = col == nil && bias != nil
-                if fill, let bias {
-                    for i in 0..<m { (cTile + i * ldc).update(repeating: bias[r0 + i], count: n) }
-                }
-                sgemm(m: m, n: n, k: fill ? kk : rows, a: weight.pointer + r0 * lda, lda: lda,
-                      b: b + seg * ohw + c0, ldb: col == nil ? ohw : cols,
-                      beta: fill ? 1 : 0, c: cTile, ldc: ldc)
+            // A segment is one image, or the whole group when staging.
+            gemmTiles(weight, segments: perImage ? images : 1, segmentCols: perImage ? ohw : cols, threads: threads) { seg in
+                if let staging { return (b, cols, staging, cols) }
+                return (b + seg * ohw, col == nil ? ohw : cols, y.data + (first + seg) * cout * ohw, ohw)
             }
             if let staging {
                 parallelFor(cout * images, threads: threads) { job in
@@ -115,24 +96,62 @@ public struct Conv2d {
         return y
     }
 
-    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy, ox)] (row stride ld) =
-    /// x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx], zero outside the image.
-    /// The plane is first copied into a zero-padded buffer, so every row is a plain strided copy.
+    /// C = W · B + bias for `segments` independent column ranges, cut into fixed tiles (column
+    /// block, row block) independent of the thread count, so results are too; each tile is a
+    /// single-threaded OpenBLAS call on one of our threads. `operands(seg)` gives B, ldb, C, ldc.
+    private func gemmTiles(_ weight: UnsafePointer<Float>, segments: Int, segmentCols: Int, threads: Int,
+                           _ operands: (Int) -> (b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int)) {
+        let kk = cin * kernel * kernel
+        // Split columns before rows: every row block re-packs B, every column block only
+        // re-packs the (smaller) weight panel.
+        let wanted = max(2, 4 / segments)  // at least two per image: groups of 3 images balance on 2 threads
+        let colTile = min(1024, max(128, (segmentCols / wanted + 63) / 64 * 64))
+        let colTiles = (segmentCols + colTile - 1) / colTile
+        var rowSplit = 1
+        while segments * colTiles * rowSplit < 4 && cout / (rowSplit * 2) >= 32 { rowSplit *= 2 }
+        let rowTile = (cout + rowSplit - 1) / rowSplit
+        parallelFor(segments * colTiles * rowSplit, threads: threads) { t in
+            let seg = t / (colTiles * rowSplit), rest = t % (colTiles * rowSplit)
+            let c0 = (rest / rowSplit) * colTile, n = min(colTile, segmentCols - c0)
+            let r0 = (rest % rowSplit) * rowTile, m = min(rowTile, cout - r0)
+            guard m > 0 else { return }
+            let (b, ldb, c, ldc) = operands(seg)
+            let cTile = c + r0 * ldc + c0
+            // The bias is filled in first and the GEMM accumulates onto it.
+            if let bias {
+                for i in 0..<m { (cTile + i * ldc).update(repeating: bias[r0 + i], count: n) }
+            }
+            sgemm(m: m, n: n, k: kk, a: weight + r0 * kk, lda: kk, b: b + c0, ldb: ldb,
+                  beta: bias == nil ? 0 : 1, c: cTile, ldc: ldc)
+        }
+    }
+
+    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy - firstRow, ox)] (row stride ld) for output
+    /// rows firstRow..<firstRow+rows: x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx], zero
+    /// outside the image. The input rows needed are first copied into a zero-padded buffer, so
+    /// every row is a plain strided copy.
     @inline(__always)
-    private func im2col(_ x: Tensor, image img: Int, channel ci: Int, oh: Int, ow: Int,
+    private func im2col(_ x: Tensor, image img: Int, channel ci: Int, firstRow: Int, rows: Int, ow: Int,
                         into col: UnsafeMutablePointer<Float>, ld: Int) {
         let h = x.h, w = x.w
         let plane = x.data + (img * cin + ci) * h * w
-        let ph = h + padTop + padBottom, pw = w + padLeft + padRight
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: ph * pw) { buffer in
-            let padded = buffer.baseAddress!
-            padded.update(repeating: 0, count: ph * pw)
-            for y in 0..<h { (padded + (y + padTop) * pw + padLeft).update(from: plane + y * w, count: w) }
+        // Padded rows 0..<ph hold input rows top ..< top + ph.
+        let top = firstRow * stride - padTop
+        let ph = (rows - 1) * stride + kernel, pw = w + padLeft + padRight
+        let padded = FloatBuffer(count: ph * pw)
+        withExtendedLifetime(padded) {
+            let p = padded.pointer
+            p.update(repeating: 0, count: ph * pw)
+            var r = max(0, -top)
+            while r < min(ph, h - top) {
+                (p + r * pw + padLeft).update(from: plane + (top + r) * w, count: w)
+                r += 1
+            }
             var row = col + ci * kernel * kernel * ld
             for ky in 0..<kernel {
                 for kx in 0..<kernel {
-                    for oy in 0..<oh {
-                        let src = padded + (oy * stride + ky) * pw + kx
+                    for oy in 0..<rows {
+                        let src = p + (oy * stride + ky) * pw + kx
                         let dst = row + oy * ow
                         if stride == 1 {
                             copyShortRow(dst, src, count: ow)

@@ -44,3 +44,20 @@ func upsampleNearest2x(_ x: Tensor) -> Tensor {
     }
     return y
 }
+
+/// Nearest-neighbour resize to h × w (F.interpolate(size=(h, w), mode="nearest"): source index
+/// floor(dst · in / out) in float32, as torch computes it).
+func upsampleNearest(_ x: Tensor, h oh: Int, w ow: Int) -> Tensor {
+    if oh == 2 * x.h && ow == 2 * x.w { return upsampleNearest2x(x) }
+    let y = Tensor(n: x.n, c: x.c, h: oh, w: ow)
+    let sy = Float(x.h) / Float(oh), sx = Float(x.w) / Float(ow)
+    let cols = (0..<ow).map { min(Int((Float($0) * sx).rounded(.down)), x.w - 1) }
+    for plane in 0..<(x.n * x.c) {
+        let s = x.data + plane * x.hw, d = y.data + plane * y.hw
+        for oy in 0..<oh {
+            let row = s + min(Int((Float(oy) * sy).rounded(.down)), x.h - 1) * x.w
+            for ox in 0..<ow { d[oy * ow + ox] = row[cols[ox]] }
+        }
+    }
+    return y
+}

@@ -1,24 +1,44 @@
-/// torch.nn.Linear: y[m, out] = x[m, in] · W[out, in]^T + b.
+/// torch.nn.Linear: y[m, out] = x[m, in] · W[out, in]^T + b, the weight in its stored dtype.
 public struct Linear {
-    public let weight: FloatBuffer
-    public let bias: FloatBuffer?
+    public let weight: StoredTensor
+    public let bias: [Float]?
     public let inFeatures: Int, outFeatures: Int
 
-    public init(weight: FloatBuffer, bias: FloatBuffer?, inFeatures: Int, outFeatures: Int) {
+    public init(weight: StoredTensor, bias: [Float]?, inFeatures: Int, outFeatures: Int) {
         self.weight = weight; self.bias = bias; self.inFeatures = inFeatures; self.outFeatures = outFeatures
     }
 
-    /// x: rows × inFeatures, row-major. Returns rows × outFeatures.
+    /// x: rows × inFeatures, row-major. Returns rows × outFeatures (single-threaded; for small inputs).
     public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int) -> [Float] {
         var y = [Float](repeating: 0, count: rows * outFeatures)
-        y.withUnsafeMutableBufferPointer { yp in
-            let c = yp.baseAddress!
-            if let bias {
-                for r in 0..<rows { (c + r * outFeatures).update(from: bias.pointer, count: outFeatures) }
-            }
-            sgemm(transB: true, m: rows, n: outFeatures, k: inFeatures, a: x, lda: inFeatures,
-                  b: weight.pointer, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: c, ldc: outFeatures)
-        }
+        y.withUnsafeMutableBufferPointer { apply(x, rows: rows, into: $0.baseAddress!, threads: 1) }
         return y
+    }
+
+    /// y (rows × outFeatures, row stride ldy) = x (rows × inFeatures, row stride ldx) W^T + b.
+    /// Fixed tiles of rows (or of output columns when there are few rows), so any thread count
+    /// gives the same bytes.
+    public func apply(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, into y: UnsafeMutablePointer<Float>,
+                      ldy: Int? = nil, threads: Int) {
+        let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
+        let rowTile = 128
+        let rowTiles = (rows + rowTile - 1) / rowTile
+        let colSplit = rows <= rowTile ? max(1, min(8, outFeatures / 256)) : 1
+        let colTile = (outFeatures + colSplit - 1) / colSplit
+        weight.withFloats { w in
+            parallelFor(rowTiles * colSplit, threads: threads) { job in
+                let r0 = (job / colSplit) * rowTile, m = min(rowTile, rows - r0)
+                let c0 = (job % colSplit) * colTile, n = min(colTile, outFeatures - c0)
+                guard m > 0, n > 0 else { return }
+                let c = y + r0 * ldy + c0
+                if let bias {
+                    bias.withUnsafeBufferPointer { b in
+                        for r in 0..<m { (c + r * ldy).update(from: b.baseAddress! + c0, count: n) }
+                    }
+                }
+                sgemm(transB: true, m: m, n: n, k: inFeatures, a: x + r0 * ldx, lda: ldx,
+                      b: w + c0 * inFeatures, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: c, ldc: ldy)
+            }
+        }
     }
 }

@@ -81,3 +81,54 @@ public struct Tensor {
         Array(UnsafeBufferPointer(start: data, count: count))
     }
 }
+
+/// Token activations [n, length, width], row-major (attention and text layers).
+public struct Tokens {
+    public let buffer: FloatBuffer
+    public let n: Int, length: Int, width: Int
+
+    public init(n: Int, length: Int, width: Int) {
+        self.n = n; self.length = length; self.width = width
+        buffer = FloatBuffer(count: n * length * width)
+    }
+
+    public var count: Int { n * length * width }
+    public var rows: Int { n * length }
+    public var data: UnsafeMutablePointer<Float> { buffer.pointer }
+
+    public func copyToArray() -> [Float] {
+        Array(UnsafeBufferPointer(start: data, count: count))
+    }
+
+    /// [a; b] along the batch (a and b of the same length and width).
+    public static func concatenated(_ parts: [Tokens]) -> Tokens {
+        let y = Tokens(n: parts.reduce(0) { $0 + $1.n }, length: parts[0].length, width: parts[0].width)
+        var offset = 0
+        for p in parts {
+            (y.data + offset).update(from: p.data, count: p.count)
+            offset += p.count
+        }
+        return y
+    }
+
+    /// Sample `i` repeated `times` times, for every i (torch's repeat_interleave over the batch).
+    public func repeatingEach(_ times: Int) -> Tokens {
+        let y = Tokens(n: n * times, length: length, width: width)
+        let per = length * width
+        for i in 0..<n { for r in 0..<times { (y.data + (i * times + r) * per).update(from: data + i * per, count: per) } }
+        return y
+    }
+}
+
+extension Tensor {
+    /// The tensors stacked along the batch (same c, h, w).
+    public static func concatenatedBatch(_ parts: [Tensor]) -> Tensor {
+        let y = Tensor(n: parts.reduce(0) { $0 + $1.n }, c: parts[0].c, h: parts[0].h, w: parts[0].w)
+        var offset = 0
+        for p in parts {
+            (y.data + offset).update(from: p.data, count: p.count)
+            offset += p.count
+        }
+        return y
+    }
+}

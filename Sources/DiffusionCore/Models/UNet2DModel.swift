@@ -13,9 +13,9 @@ public final class UNet2DModel {
     }
 
     private let convIn: Conv2d
-    private let timeLinear1: Linear, timeLinear2: Linear
-    private let classTable: FloatBuffer?          // nn.Embedding(num_class_embeds, time_embed_dim)
-    private let classLinear1: Linear?, classLinear2: Linear?  // class_embed_type "timestep"
+    private let timeMLP: TimestepMLP
+    private let classTable: StoredTensor?          // nn.Embedding(num_class_embeds, time_embed_dim)
+    private let classMLP: TimestepMLP?           // class_embed_type "timestep"
     private let down: [Level]
     private let mid: (ResnetBlock2D, SpatialSelfAttention?, ResnetBlock2D)?
     private let up: [Level]
@@ -33,15 +33,13 @@ public final class UNet2DModel {
         let scaleShift = config.resnetTimeScaleShift == "scale_shift"
 
         convIn = try w.conv3x3("conv_in", cin: config.inChannels, cout: ch[0])
-        timeLinear1 = try w.linear("time_embedding.linear_1", inFeatures: ch[0], outFeatures: temb)
-        timeLinear2 = try w.linear("time_embedding.linear_2", inFeatures: temb, outFeatures: temb)
+        timeMLP = try TimestepMLP(w, "time_embedding", inFeatures: ch[0], outFeatures: temb)
         if config.classEmbedType == "timestep" {
             classTable = nil
-            classLinear1 = try w.linear("class_embedding.linear_1", inFeatures: ch[0], outFeatures: temb)
-            classLinear2 = try w.linear("class_embedding.linear_2", inFeatures: temb, outFeatures: temb)
+            classMLP = try TimestepMLP(w, "class_embedding", inFeatures: ch[0], outFeatures: temb)
         } else {
-            classTable = try config.numClassEmbeds.map { try w.tensor("class_embedding.weight", [$0, temb]) }
-            classLinear1 = nil; classLinear2 = nil
+            classTable = try config.numClassEmbeds.map { try w.stored("class_embedding.weight", [$0, temb]) }
+            classMLP = nil
         }
 
         func resnet(_ p: String, _ cin: Int, _ cout: Int, scale: Double = 1) throws -> ResnetBlock2D {
@@ -135,42 +133,24 @@ public final class UNet2DModel {
         return 4 * (activations + 8 * peak + im2col + attention)
     }
 
-    /// `get_timestep_embedding`: [n, dim] sinusoids of the timesteps, in float32 like diffusers.
     func timestepEmbedding(_ t: [Float], dim: Int) -> [Float] {
-        let half = dim / 2
-        var out = [Float](repeating: 0, count: t.count * dim)
-        let logMax = Float(-log(10000.0))
-        let denom = Float(half) - Float(config.freqShift)
-        for (i, ti) in t.enumerated() {
-            for j in 0..<half {
-                let freq = expf(logMax * Float(j) / denom)
-                let arg = ti * freq
-                let (s, c) = (sinf(arg), cosf(arg))
-                out[i * dim + j] = config.flipSinToCos ? c : s
-                out[i * dim + half + j] = config.flipSinToCos ? s : c
-            }
-        }
-        return out
+        sinusoidalEmbedding(t, dim: dim, flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
     }
 
     /// emb = linear_2(silu(linear_1(proj(t)))) (+ class embedding); returns silu(emb) as every
     /// resnet applies the activation before its projection.
     private func embedding(timesteps: [Float], classLabels: [Int]?) -> [Float] {
         let n = timesteps.count, temb = config.timeEmbedDim, c0 = config.blockOutChannels[0]
-        func mlp(_ x: [Float], _ l1: Linear, _ l2: Linear) -> [Float] {
-            var h = x.withUnsafeBufferPointer { l1($0.baseAddress!, rows: n) }
-            for j in h.indices { h[j] = siluScalar(h[j]) }
-            return h.withUnsafeBufferPointer { l2($0.baseAddress!, rows: n) }
-        }
-        var emb = mlp(timestepEmbedding(timesteps, dim: c0), timeLinear1, timeLinear2)
+        var emb = timeMLP(timestepEmbedding(timesteps, dim: c0), rows: n)
         if let labels = classLabels {
             if let table = classTable {
+                var row = [Float](repeating: 0, count: temb)
                 for i in 0..<n {
-                    let row = table.pointer + labels[i] * temb
+                    row.withUnsafeMutableBufferPointer { table.widenRows(labels[i], 1, into: $0.baseAddress!) }
                     for j in 0..<temb { emb[i * temb + j] += row[j] }
                 }
-            } else if let l1 = classLinear1, let l2 = classLinear2 {
-                let c = mlp(timestepEmbedding(labels.map { Float($0) }, dim: c0), l1, l2)
+            } else if let classMLP {
+                let c = classMLP(timestepEmbedding(labels.map { Float($0) }, dim: c0), rows: n)
                 for j in emb.indices { emb[j] += c[j] }
             }
         }
@@ -216,5 +196,31 @@ public final class UNet2DModel {
         }
         sample = normOut(sample, silu: true, threads: threads)
         return convOut(sample, threads: threads)
+    }
+}
+
+extension UNet2DModel: Denoiser {
+    public var sampleChannels: Int { config.inChannels }
+    public var outChannels: Int { config.outChannels }
+
+    /// Class labels are required exactly when the model has a class embedding; text states and
+    /// extra channels are refused.
+    public func predict(_ x: Tensor, timesteps: [Float], conditioning: Conditioning, threads: Int) throws -> Tensor {
+        guard x.c == config.inChannels else {
+            throw DiffusionError(.invalidArgument, "input has \(x.c) channels, the model takes \(config.inChannels)")
+        }
+        guard conditioning.context == nil, conditioning.extraChannels == nil else {
+            throw DiffusionError(.invalidArgument, "a UNet2DModel takes no text states or extra channels")
+        }
+        if config.hasClassEmbedding {
+            guard let labels = conditioning.classLabels else {
+                throw DiffusionError(.invalidArgument, "this model is class-conditional: class labels are required")
+            }
+            guard labels.count == x.n else { throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(x.n)") }
+            try config.checkClassLabels(labels)
+        } else if conditioning.classLabels != nil {
+            throw DiffusionError(.invalidArgument, "this model is not class-conditional: class labels must be NULL")
+        }
+        return forward(x, timesteps: timesteps, classLabels: conditioning.classLabels, threads: threads)
     }
 }

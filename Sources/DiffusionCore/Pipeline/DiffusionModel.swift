@@ -2,59 +2,78 @@
 import Glibc
 #endif
 
-/// A loaded model: network, scheduler settings from its folder, and its thread budget.
-/// Immutable after loading, so samplers on many threads may share it.
+/// What a loaded model is, for callers: shapes and conditioning (diffusion_model_info).
+public struct ModelInfo {
+    /// The denoiser's input channels (x_t plus any extra conditioning channels) and output channels.
+    public var inChannels = 0, outChannels = 0
+    /// Default image size in pixels (nil: none).
+    public var sampleHeight: Int? = nil, sampleWidth: Int? = nil
+    public var numClassEmbeds: Int? = nil
+    public var nullClassLabel: Int? = nil
+    /// Channels of x_t, and pixels per latent along each side (1 for a pixel-space model).
+    public var latentChannels = 0, vaeScaleFactor = 1
+    /// Text conditioning: tokens per prompt and the width of each token's state (0 = none).
+    public var contextLength = 0, contextWidth = 0
+}
+
+/// A loaded model: its denoiser and, for a latent pipeline, the components around it; the
+/// scheduler settings from its folder; its thread budget. Immutable after loading, so samplers on
+/// many threads may share it.
 public final class DiffusionModel {
-    public let unet: UNet2DModel
+    public let denoiser: Denoiser
+    /// The pixel-space network (UNet2DModel pipelines).
+    public let pixelUNet: UNet2DModel?
+    /// Stable Diffusion's network (UNet2DConditionModel).
+    public let conditionUNet: UNet2DConditionModel?
     /// scheduler_config.json as stored (nil if the folder has none).
     public let schedulerJSON: JSONValue?
     /// The scheduler named by scheduler_config.json's _class_name; "ddpm" if absent.
     public let defaultScheduler: String
     public let threads: Int
+    public let info: ModelInfo
     /// The configuration as understood: {"unet": {...}, "scheduler": {...}}.
     public let configJSON: String
 
-    public var config: UNet2DConfig { unet.config }
-
     /// Loads a model folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json])
-    /// or a pipeline folder (model_index.json + unet/ [+ scheduler/]).
-    public init(path: String, threads: Int) throws {
-        guard FileIO.isDirectory(path) else {
-            throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
-        }
-        var unetDir = path
-        var schedulerPath = "\(path)/scheduler_config.json"
-        if FileIO.exists("\(path)/model_index.json") {
-            let index = try FileIO.readJSON("\(path)/model_index.json")
-            guard case .object = index else { throw DiffusionError(.invalidFile, "\(path)/model_index.json is not a JSON object") }
-            unetDir = "\(path)/unet"
-            guard FileIO.isDirectory(unetDir) else {
-                throw DiffusionError(.io, "pipeline folder \(path) has no unet/ folder")
+    /// or a pipeline folder (model_index.json + unet/ [+ scheduler/ and the other components]).
+    public init(path: String, threads: Int, preferFP16: Bool = false) throws {
+        let folder = try PipelineFolder(path: path, preferFP16: preferFP16)
+        let (unetJSON, configPath) = try folder.config("unet")
+        let className = unetJSON["_class_name"]?.stringValue ?? "UNet2DModel"
+        let weights = try folder.weights("unet", stem: "diffusion_pytorch_model")
+        var info = ModelInfo()
+        let unetConfigJSON: JSONValue
+        do {
+            switch className {
+            case "UNet2DModel":
+                let config = try UNet2DConfig(json: unetJSON)
+                let unet = try UNet2DModel(config: config, weights: weights)
+                pixelUNet = unet; conditionUNet = nil; denoiser = unet
+                info.inChannels = config.inChannels; info.outChannels = config.outChannels
+                info.sampleHeight = config.sampleHeight; info.sampleWidth = config.sampleWidth
+                info.numClassEmbeds = config.numClassEmbeds; info.nullClassLabel = config.nullClassLabel
+                info.latentChannels = config.inChannels
+                unetConfigJSON = config.json
+            case "UNet2DConditionModel":
+                let config = try UNet2DConditionConfig(json: unetJSON)
+                let unet = try UNet2DConditionModel(config: config, weights: weights)
+                pixelUNet = nil; conditionUNet = unet; denoiser = unet
+                info.inChannels = config.inChannels; info.outChannels = config.outChannels
+                info.latentChannels = config.outChannels
+                info.sampleHeight = config.sampleHeight; info.sampleWidth = config.sampleWidth
+                info.contextWidth = config.crossAttentionDim
+                unetConfigJSON = config.json
+            default:
+                throw DiffusionError(.unsupported, "_class_name \"\(className)\" is not supported (supported: UNet2DModel, UNet2DConditionModel)")
             }
-            schedulerPath = "\(path)/scheduler/scheduler_config.json"
-        }
-        let configPath = "\(unetDir)/config.json"
-        guard FileIO.exists(configPath) else {
-            throw DiffusionError(.io, "\(unetDir) has no config.json (expected a diffusers model or pipeline folder)")
-        }
-        let config: UNet2DConfig
-        do { config = try UNet2DConfig(json: try FileIO.readJSON(configPath)) } catch let e as DiffusionError {
-            throw e.message.hasPrefix(configPath) ? e : e.context(configPath)
-        }
-        let weightsPath = "\(unetDir)/diffusion_pytorch_model.safetensors"
-        guard FileIO.exists(weightsPath) else {
-            if FileIO.exists("\(unetDir)/diffusion_pytorch_model.bin") {
-                throw DiffusionError(.unsupported, "\(unetDir) has only diffusion_pytorch_model.bin (pickle); convert it to safetensors")
-            }
-            throw DiffusionError(.io, "\(unetDir) has no diffusion_pytorch_model.safetensors")
-        }
-        let weights = try SafeTensorsFile(path: weightsPath)
-        do { unet = try UNet2DModel(config: config, weights: weights) } catch let e as DiffusionError {
-            throw e.context(weightsPath)
+        } catch let e as DiffusionError {
+            throw e.message.hasPrefix(configPath) || e.message.hasPrefix(weights.path) ? e
+                : e.context(e.code == .modelMismatch ? weights.path : configPath)
         }
 
         var name = "ddpm"
         var scheduler = SchedulerConfig(for: name)
+        let schedulerPath = folder.isPipeline ? "\(path)/scheduler/scheduler_config.json" : "\(path)/scheduler_config.json"
         if FileIO.exists(schedulerPath) {
             let json = try FileIO.readJSON(schedulerPath)
             if let cls = json["_class_name"]?.stringValue {
@@ -72,44 +91,95 @@ public final class DiffusionModel {
         }
         defaultScheduler = name
         self.threads = threads > 0 ? threads : cpuCount()
+        self.info = info
         var schedulerOut = scheduler.json.objectValue ?? []
-        let className = SchedulerRegistry.entries.first { $0.name == name }!.diffusersClass
-        schedulerOut.insert(("_class_name", .string(className)), at: 0)
-        configJSON = JSONValue.object([("unet", config.json), ("scheduler", .object(schedulerOut))]).serialized
+        let schedulerClass = SchedulerRegistry.entries.first { $0.name == name }.map(\.diffusersClass) ?? name
+        schedulerOut.insert(("_class_name", .string(schedulerClass)), at: 0)
+        configJSON = JSONValue.object([("unet", unetConfigJSON), ("scheduler", .object(schedulerOut))]).serialized
+    }
+
+    /// Pixels per side that every image size must be a multiple of.
+    public var sizeMultiple: Int {
+        if let u = pixelUNet { return 1 << (u.config.blockOutChannels.count - 1) }
+        return info.vaeScaleFactor
     }
 
     /// Refuses a forward pass whose working memory would exceed the machine's physical memory.
     public func checkMemory(batch: Int, height: Int, width: Int) throws {
-        let need = unet.estimatedBytes(batch: batch, height: height, width: width, threads: threads)
+        let need: Double
+        if let u = pixelUNet { need = u.estimatedBytes(batch: batch, height: height, width: width, threads: threads) }
+        else if let u = conditionUNet { need = u.estimatedBytes(batch: batch, height: height, width: width, threads: threads) }
+        else { need = 0 }
         let have = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
         if need > have {
             throw DiffusionError(.outOfMemory, "batch \(batch) at \(height)x\(width) needs about \(Int(need / 1e9)) GB, more than this machine's \(Int(have / 1e9)) GB")
         }
     }
 
-    /// Checks inputs and runs one network evaluation. x: [n, in_channels, h, w].
-    public func predict(_ x: Tensor, timesteps: [Float], classLabels: [Int]?) throws -> Tensor {
-        guard x.c == config.inChannels else {
-            throw DiffusionError(.invalidArgument, "input has \(x.c) channels, the model takes \(config.inChannels)")
+    /// The conditioning of class labels (one, or one per sample of `batch`), and the unconditional
+    /// counterpart (the null class) when the model has one.
+    public func classConditioning(_ labels: [Int], batch: Int) throws -> (Conditioning, Conditioning?) {
+        guard let config = pixelUNet?.config, config.hasClassEmbedding else {
+            throw DiffusionError(.invalidArgument, "this model is not class-conditional")
         }
+        guard labels.count == 1 || labels.count == batch else {
+            throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(batch) (give 1 or \(batch))")
+        }
+        try config.checkClassLabels(labels)
+        let all = labels.count == 1 ? [Int](repeating: labels[0], count: batch) : labels
+        return (Conditioning(classLabels: all),
+                config.nullClassLabel.map { Conditioning(classLabels: [Int](repeating: $0, count: batch)) })
+    }
+
+    /// The shape and default conditioning of a sampler over this model.
+    func samplerSetup(_ p: SamplerParams) throws
+        -> (shape: SampleShape, conditional: Conditioning, unconditional: Conditioning?, noUnconditionalReason: String) {
+        let height = p.height > 0 ? p.height : (info.sampleHeight ?? 0)
+        let width = p.width > 0 ? p.width : (info.sampleWidth ?? 0)
+        guard p.height >= 0, p.width >= 0, height > 0, width > 0 else {
+            throw DiffusionError(.invalidArgument, "height and width must be given (the model has no sample_size) and positive")
+        }
+        let factor = sizeMultiple
+        guard height % factor == 0, width % factor == 0, height <= 16384, width <= 16384 else {
+            throw DiffusionError(.invalidArgument, "height and width (\(height)x\(width)) must be multiples of \(factor) for this model")
+        }
+        guard p.channels == 0 || p.channels == info.latentChannels else {
+            throw DiffusionError(.invalidArgument, "channels \(p.channels) differs from the model's in_channels \(info.latentChannels) (give 0)")
+        }
+        guard p.batch >= 1, p.batch <= 4096 else { throw DiffusionError(.invalidArgument, "batch \(p.batch) must be between 1 and 4096") }
+        let shape = SampleShape(batch: p.batch, channels: info.latentChannels, height: height / info.vaeScaleFactor,
+                                width: width / info.vaeScaleFactor)
+        // Guidance may double the batch later; the check is repeated at every evaluation.
+        try checkMemory(batch: p.batch, height: shape.height, width: shape.width)
+        if pixelUNet?.config.hasClassEmbedding == true {
+            let (c, u) = try classConditioning([0], batch: p.batch)
+            return (shape, c, u, "a class-conditional model whose config.json names its _null_class_label; this model has none (use 1)")
+        }
+        return (shape, .none, nil, "this model is not conditional (use 1)")
+    }
+
+    /// Checks inputs and runs one network evaluation. x: [n, in_channels, h, w].
+    public func predict(_ x: Tensor, timesteps: [Float], conditioning: Conditioning) throws -> Tensor {
         guard x.n >= 1, timesteps.count == x.n else {
             throw DiffusionError(.invalidArgument, "\(timesteps.count) timesteps for a batch of \(x.n)")
         }
         guard timesteps.allSatisfy({ $0.isFinite }) else { throw DiffusionError(.invalidArgument, "timesteps must be finite") }
-        let factor = 1 << (config.blockOutChannels.count - 1)
+        let factor = pixelUNet.map { 1 << ($0.config.blockOutChannels.count - 1) } ?? 1
         guard x.h >= 1, x.w >= 1, x.h % factor == 0, x.w % factor == 0 else {
             throw DiffusionError(.invalidArgument, "height and width (\(x.h)x\(x.w)) must be positive multiples of \(factor) for this model")
         }
         try checkMemory(batch: x.n, height: x.h, width: x.w)
-        if config.hasClassEmbedding {
-            guard let labels = classLabels else {
-                throw DiffusionError(.invalidArgument, "this model is class-conditional: class labels are required")
-            }
-            guard labels.count == x.n else { throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(x.n)") }
-            try config.checkClassLabels(labels)
-        } else if classLabels != nil {
-            throw DiffusionError(.invalidArgument, "this model is not class-conditional: class labels must be NULL")
-        }
-        return unet.forward(x, timesteps: timesteps, classLabels: classLabels, threads: threads)
+        return try denoiser.predict(x, timesteps: timesteps, conditioning: conditioning, threads: threads)
     }
+
+    /// The pixel-space network's forward pass with class labels (nil for an unconditional model).
+    public func predict(_ x: Tensor, timesteps: [Float], classLabels: [Int]?) throws -> Tensor {
+        try predict(x, timesteps: timesteps, conditioning: Conditioning(classLabels: classLabels))
+    }
+
+    /// Channels of the decoded images.
+    public var imageChannels: Int { conditionUNet != nil ? 3 : info.latentChannels }
+
+    /// Images in [-1, 1] (NCHW) from samples x_0: the identity for a pixel-space model.
+    public func decode(_ latents: Tensor) throws -> Tensor { latents }
 }

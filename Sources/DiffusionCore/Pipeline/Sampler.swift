@@ -18,24 +18,25 @@ public struct SamplerParams {
     public init() {}
 }
 
-/// A network evaluation supplied by the caller: fills `out` (shape's batch × out channels × h × w)
-/// for the model input `x` of `shape` at `timestep`. Also the form of a classifier-gradient callback.
-public typealias DenoiseFunction = (_ x: UnsafePointer<Float>, _ shape: SampleShape, _ timestep: Float,
-                                    _ out: UnsafeMutablePointer<Float>) throws -> Void
-
 /// One generation: start noise, scheduler, RNG and the current x_t, driven like a diffusers pipeline.
 /// Used by one thread at a time; `cancel()` may come from any thread.
 public final class Sampler {
-    /// The network: a loaded model, or nil when the caller supplies `denoiser`.
+    /// The loaded model the sampler came from (kept alive by it), or nil for a caller's network.
     public let model: DiffusionModel?
-    private let denoiser: DenoiseFunction?
+    /// The network, and what conditions it: `conditional` for the batch, `unconditional` (same
+    /// batch) for classifier-free guidance when the model has one.
+    private let network: Denoiser
+    private let threads: Int
+    public private(set) var conditional: Conditioning
+    public private(set) var unconditional: Conditioning?
+    /// Why guidance is impossible when `unconditional` is nil (for the error message).
+    private let noUnconditionalReason: String
     public let scheduler: Scheduler
     public let schedulerName: String
     public let shape: SampleShape
     /// Inference steps asked for (iterations may be more: Heun, PNDM).
     public let inferenceSteps: Int
     public private(set) var guidanceScale: Float = 1
-    public private(set) var classLabels: [Int]
     /// Absolute index into scheduler.timesteps of the next iteration; img2img starts later.
     public private(set) var iteration = 0
     public private(set) var firstIteration = 0
@@ -63,32 +64,19 @@ public final class Sampler {
     /// The timesteps this run visits, in order.
     public var timesteps: ArraySlice<Float> { scheduler.timesteps[firstIteration...] }
 
-    /// A sampler over a loaded model.
+    /// A sampler over a loaded model: its denoiser, default size and conditioning.
     public convenience init(model: DiffusionModel, params p: SamplerParams) throws {
-        let config = model.config
-        let height = p.height > 0 ? p.height : (config.sampleHeight ?? 0)
-        let width = p.width > 0 ? p.width : (config.sampleWidth ?? 0)
-        guard p.height >= 0, p.width >= 0, height > 0, width > 0 else {
-            throw DiffusionError(.invalidArgument, "height and width must be given (the model has no sample_size) and positive")
-        }
-        let factor = 1 << (config.blockOutChannels.count - 1)
-        guard height % factor == 0, width % factor == 0, height <= 16384, width <= 16384 else {
-            throw DiffusionError(.invalidArgument, "height and width (\(height)x\(width)) must be multiples of \(factor) for this model")
-        }
-        guard p.channels == 0 || p.channels == config.inChannels else {
-            throw DiffusionError(.invalidArgument, "channels \(p.channels) differs from the model's in_channels \(config.inChannels) (give 0)")
-        }
-        guard p.batch >= 1, p.batch <= 4096 else { throw DiffusionError(.invalidArgument, "batch \(p.batch) must be between 1 and 4096") }
-        // Guidance may double the batch later; the check is repeated at every evaluation.
-        try model.checkMemory(batch: p.batch, height: height, width: width)
-        try self.init(model: model, denoiser: nil,
-                      shape: SampleShape(batch: p.batch, channels: config.inChannels, height: height, width: width),
-                      params: p, stored: model.schedulerJSON, defaultScheduler: model.defaultScheduler)
+        let setup = try model.samplerSetup(p)
+        try self.init(model: model, network: model.denoiser, threads: model.threads, shape: setup.shape, params: p,
+                      stored: model.schedulerJSON, defaultScheduler: model.defaultScheduler,
+                      conditional: setup.conditional, unconditional: setup.unconditional,
+                      noUnconditionalReason: setup.noUnconditionalReason)
         let outFactor = scheduler.modelOutputChannelFactor
-        guard config.outChannels == config.inChannels * outFactor else {
+        let (inC, outC) = (network.sampleChannels, network.outChannels)
+        guard outC == inC * outFactor else {
             throw DiffusionError(.unsupported, outFactor == 1
-                ? "out_channels \(config.outChannels) differs from in_channels \(config.inChannels): the model's output is not a prediction of x_t's shape (variance_type learned or learned_range with scheduler ddpm uses such models)"
-                : "scheduler \(schedulerName) with variance_type \(scheduler.config.varianceType) needs out_channels = 2 x in_channels (\(2 * config.inChannels)); the model has \(config.outChannels)")
+                ? "out_channels \(outC) differs from in_channels \(inC): the model's output is not a prediction of x_t's shape (variance_type learned or learned_range with scheduler ddpm uses such models)"
+                : "scheduler \(schedulerName) with variance_type \(scheduler.config.varianceType) needs out_channels = 2 x in_channels (\(2 * inC)); the model has \(outC)")
         }
     }
 
@@ -101,15 +89,23 @@ public final class Sampler {
         guard p.channels <= 4096, p.height <= 16384, p.width <= 16384, p.batch * p.channels * p.height * p.width <= 1 << 31 else {
             throw DiffusionError(.invalidArgument, "shape \(p.batch)x\(p.channels)x\(p.height)x\(p.width) is too large")
         }
-        try self.init(model: nil, denoiser: denoiser,
+        let network = CallbackDenoiser(denoiser, channels: p.channels)
+        try self.init(model: nil, network: network, threads: 1,
                       shape: SampleShape(batch: p.batch, channels: p.channels, height: p.height, width: p.width),
-                      params: p, stored: nil, defaultScheduler: "ddpm")
+                      params: p, stored: nil, defaultScheduler: "ddpm", conditional: .none, unconditional: nil,
+                      noUnconditionalReason: "a caller's denoiser applies its own guidance (use 1)")
+        network.outChannels = p.channels * scheduler.modelOutputChannelFactor
     }
 
-    private init(model: DiffusionModel?, denoiser: DenoiseFunction?, shape: SampleShape, params p: SamplerParams,
-                 stored: JSONValue?, defaultScheduler: String) throws {
+    private init(model: DiffusionModel?, network: Denoiser, threads: Int, shape: SampleShape, params p: SamplerParams,
+                 stored: JSONValue?, defaultScheduler: String, conditional: Conditioning, unconditional: Conditioning?,
+                 noUnconditionalReason: String) throws {
         self.model = model
-        self.denoiser = denoiser
+        self.network = network
+        self.threads = threads
+        self.conditional = conditional
+        self.unconditional = unconditional
+        self.noUnconditionalReason = noUnconditionalReason
         self.shape = shape
         guard p.steps >= 0 else { throw DiffusionError(.invalidArgument, "steps \(p.steps) must be >= 0") }
         let requested = p.scheduler ?? defaultScheduler
@@ -127,7 +123,6 @@ public final class Sampler {
         schedulerName = name
         inferenceSteps = p.steps > 0 ? p.steps : SchedulerRegistry.defaultSteps(name, config: config)
         scheduler = try SchedulerRegistry.make(name, config: config, steps: inferenceSteps, eta: p.eta)
-        classLabels = model?.config.hasClassEmbedding == true ? [Int](repeating: 0, count: shape.batch) : []
         // x_T = randn(shape) * init_noise_sigma, drawn first, as the pipelines do.
         var generator = TorchGenerator(seed: p.seed)
         var noise = [Float](repeating: 0, count: shape.count)
@@ -158,23 +153,16 @@ public final class Sampler {
 
     public func setGuidanceScale(_ scale: Float) throws {
         guard scale.isFinite else { throw DiffusionError(.invalidArgument, "guidance scale must be finite") }
-        if scale != 1, model?.config.nullClassLabel == nil {
-            throw DiffusionError(.noUnconditional, model == nil
-                ? "guidance scale \(scale) needs a model; a caller's denoiser applies its own guidance (use 1)"
-                : "guidance scale \(scale) needs a model with an unconditional input (a class-conditional model whose config.json names its _null_class_label); this model has none (use 1)")
+        if scale != 1, unconditional == nil {
+            throw DiffusionError(.noUnconditional, "guidance scale \(scale) needs an unconditional input: \(noUnconditionalReason)")
         }
         guidanceScale = scale
     }
 
-    public func setClassLabels(_ labels: [Int]) throws {
-        guard let config = model?.config, config.hasClassEmbedding else {
-            throw DiffusionError(.invalidArgument, model == nil ? "class labels need a model (this sampler has a caller's denoiser)" : "this model is not class-conditional")
-        }
-        guard labels.count == 1 || labels.count == batch else {
-            throw DiffusionError(.invalidArgument, "\(labels.count) class labels for a batch of \(batch) (give 1 or \(batch))")
-        }
-        try config.checkClassLabels(labels)
-        classLabels = labels.count == 1 ? [Int](repeating: labels[0], count: batch) : labels
+    /// Replaces what conditions the network (e.g. other class labels), before or between steps.
+    public func setConditioning(_ conditional: Conditioning, unconditional: Conditioning?) {
+        self.conditional = conditional
+        self.unconditional = unconditional
     }
 
     /// Classifier guidance (Dhariwal & Nichol): `gradient` fills ∇ log p(y | x_t) for the model input
@@ -317,27 +305,20 @@ public final class Sampler {
     }
 
     /// The network's output for the model input x, with classifier-free guidance when the scale is
-    /// not 1: out = out_uncond + scale (out_cond − out_uncond), both halves evaluated as one batch.
-    /// With learned variances (2C output channels) only the first C are guided; the variance
-    /// channels come from the conditional half (as GLIDE and DiT do).
+    /// not 1: out = out_uncond + scale (out_cond − out_uncond), both halves evaluated as one batch
+    /// (unconditional first, as diffusers). With learned variances (2C output channels) only the
+    /// first C are guided; the variance channels come from the conditional half (as GLIDE and DiT).
     private func evaluate(_ x: Tensor, timestep t: Float) throws -> Tensor {
-        guard let model else {
-            let out = Tensor(n: batch, c: channels * scheduler.modelOutputChannelFactor, h: height, w: width)
-            do { try denoiser!(x.data, shape, t, out.data) } catch let e as DiffusionError {
+        guard guidanceScale != 1, let unconditional else {
+            do {
+                return try network.predict(x, timesteps: [Float](repeating: t, count: batch), conditioning: conditional, threads: threads)
+            } catch let e as DiffusionError where model == nil {
                 throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
             }
-            return out
         }
-        let labels = classLabels.isEmpty ? nil : classLabels
-        guard guidanceScale != 1, let null = model.config.nullClassLabel else {
-            return try model.predict(x, timesteps: [Float](repeating: t, count: batch), classLabels: labels)
-        }
-        let n = x.count
-        let doubled = Tensor(n: 2 * batch, c: channels, h: height, w: width)
-        doubled.data.update(from: x.data, count: n)
-        (doubled.data + n).update(from: x.data, count: n)
-        let out = try model.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
-                                    classLabels: [Int](repeating: null, count: batch) + classLabels)
+        let doubled = Tensor.concatenatedBatch([x, x])
+        let out = try network.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
+                                      conditioning: .batch(unconditional, conditional), threads: threads)
         let guided = Tensor(n: batch, c: out.c, h: height, w: width)
         let half = guided.count, s = guidanceScale
         let outPer = half / batch, guidedPer = shape.perSample
@@ -362,20 +343,11 @@ public final class Sampler {
         }
     }
 
-    /// round(clamp(x / 2 + 0.5, 0, 1) * 255), NHWC, as diffusers' pipelines and numpy_to_pil do.
-    public func images(into out: UnsafeMutablePointer<UInt8>) {
-        let hw = height * width
-        for n in 0..<batch {
-            for c in 0..<channels {
-                let plane = latents.data + (n * channels + c) * hw
-                for i in 0..<hw {
-                    let x = plane[i] / 2 + 0.5
-                    let v = x.isNaN ? 0 : min(max(x, 0), 1) * 255
-                    out[(n * hw + i) * channels + c] = UInt8(v.rounded(.toNearestOrEven))
-                }
-            }
-        }
-    }
+    /// The current sample x_t (shared storage: read it, do not write it).
+    public var sample: Tensor { latents }
+
+    /// The run has done every iteration.
+    public var isFinished: Bool { iteration >= scheduler.timesteps.count }
 }
 
 extension UnsafeMutablePointer where Pointee == Float {

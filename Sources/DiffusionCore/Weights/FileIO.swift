@@ -8,6 +8,11 @@ enum FileIO {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
     }
 
+    static func isRegularFile(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+    }
+
     static func exists(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0
@@ -15,7 +20,7 @@ enum FileIO {
 
     /// The whole file, refusing anything over `limit` bytes (config files are small).
     static func read(_ path: String, limit: Int = 16 << 20) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // a FIFO must not block the open; non-regular files are refused below
         guard fd >= 0 else { throw DiffusionError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()

@@ -115,7 +115,7 @@ public final class SafeTensorsFile {
     /// `.unsupported` (with the reason and the path) if its content is not an acceptable file.
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // a FIFO must not block the open; non-regular files are refused below
         if fd < 0 {
             let e = errno
             throw DiffusionError(.io, "cannot open \(path): \(String(cString: strerror(e)))")
@@ -178,6 +178,11 @@ public final class SafeTensorsFile {
             throw DiffusionError(.modelMismatch, "tensor '\(name)' has shape \(t.shape), expected \(shape) in \(path)")
         }
         return t
+    }
+
+    /// The tensor in its stored dtype, backed by the mapping, checking it exists and has `shape`.
+    public func stored(_ name: String, shape: [Int]) throws -> StoredTensor {
+        StoredTensor(file: self, info: try checkedInfo(name, shape: shape))
     }
 
     /// The tensor converted to Float32 (F16/BF16 converted exactly), checking it exists and has

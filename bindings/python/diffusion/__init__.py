@@ -962,13 +962,22 @@ class Sampler:
         with self._use(mutating=True) as h:
             _check(library().sampler_set_latents(h, arr.ctypes.data_as(_f32p), arr.size))
 
-    def images(self) -> np.ndarray:
-        """The current sample as uint8 pixels [N, H, W, C]: round(clamp(x/2 + 0.5, 0, 1) * 255)."""
-        n, c, hh, ww = self._shape
-        out = np.empty((n, hh, ww, c), dtype=np.uint8)
+    def _images(self, fn) -> np.ndarray:
         with self._use() as h:
-            _check(library().sampler_get_images(h, out.ctypes.data_as(_u8p), out.size))
+            shape = (ctypes.c_int32 * 4)()
+            _check(library().sampler_image_shape(h, shape))
+            out = np.empty(tuple(shape), dtype=np.uint8)
+            _check(fn(h, out.ctypes.data_as(_u8p), out.size))
         return out
+
+    def images(self) -> np.ndarray:
+        """The finished run's images as uint8 pixels [N, H, W, C]: round(clamp(x/2 + 0.5, 0, 1) * 255)
+        of the decoded sample. Before the last step: DiffusionError INVALID_STATE (see preview_images)."""
+        return self._images(library().sampler_get_images)
+
+    def preview_images(self) -> np.ndarray:
+        """The current sample decoded like images(), at any point of the run."""
+        return self._images(library().sampler_get_preview_images)
 
     # -- running --
 

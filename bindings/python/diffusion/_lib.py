@@ -128,6 +128,8 @@ PROTOTYPES = {
     "diffusion_sampler_progress": (c_status, [c_sampler_p, _i32p, _i32p]),
     "diffusion_sampler_cancel": (None, [c_sampler_p]),
     "diffusion_sampler_get_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),
+    "diffusion_sampler_get_preview_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),
+    "diffusion_sampler_image_shape": (c_status, [c_sampler_p, _i32p]),
     "diffusion_scheduler_names": (_P(ctypes.c_char_p), []),
     "diffusion_scheduler_info_json": (c_status, [ctypes.c_char_p, _P(ctypes.c_char_p)]),
     "diffusion_noise": (c_status, [ctypes.c_uint64, _f32p, ctypes.c_size_t]),

@@ -270,13 +270,15 @@ def test_no_stepping_inside_callback(plain):
 def test_images_shape_and_mapping(plain):
     with plain.sampler(scheduler="ddim", steps=2, batch=2, height=8, width=16) as s:
         assert s.shape == (2, 3, 8, 16)
-        img = s.images()
+        img = s.preview_images()
         assert img.dtype == np.uint8 and img.shape == (2, 8, 16, 3)
+        with pytest.raises(diffusion.DiffusionError, match="not finished"):
+            s.images()  # only the preview call gives images before the last step
         values = np.array([-1.0, 0.0, 1.0, 2.0, -3.0, 0.5, -0.5, 1e9], np.float32)
         lat = np.resize(values, s.shape).astype(np.float32)
         s.latents = lat
         assert np.array_equal(s.latents, lat)
-        img = s.images()
+        img = s.preview_images()
         nhwc = lat.transpose(0, 2, 3, 1)
         expect = {-1.0: 0, 0.0: 128, 1.0: 255, 2.0: 255, -3.0: 0, 0.5: 191, -0.5: 64, 1e9: 255}
         for v, p in expect.items():
@@ -288,7 +290,7 @@ def test_images_layout_is_nhwc(plain):
         rng = np.random.default_rng(7)
         lat = rng.uniform(-1.2, 1.2, s.shape).astype(np.float32)
         s.latents = lat
-        img = s.images().astype(int)
+        img = s.preview_images().astype(int)
         ref = np.round(np.clip(lat / 2 + 0.5, 0, 1) * 255).transpose(0, 2, 3, 1)
         assert np.max(np.abs(img - ref)) <= 1  # rounding ties may differ by one
         assert np.mean(img == ref) > 0.99

@@ -11,7 +11,8 @@ Writes (and replaces) the output folder; Tests/Fixtures/sd/README.md describes e
                  tokenizer pads with "!")
   sd1_inpaint/   9-channel inpainting UNet; text_encoder/, tokenizer/, vae/ are symlinks to ../sd1/
   sd1_legacy/    sd1 as downloaded in 2022: fp16-variant files only, diffusers-0.6 / transformers-4.22 configs,
-                 safety_checker/ + feature_extractor/ folders, old VAE attention names (query/key/value/proj_attn)
+                 safety_checker/ + feature_extractor/ folders, old VAE attention names (query/key/value/proj_attn),
+                 text encoder keys with transformers 4.x's `text_model.` prefix (transformers 5 writes none)
   refs/<pipeline>/text.safetensors|.json   tokenizer ids and encode_prompt outputs (clip_skip none / 1 / 2)
   refs/<pipeline>/unet.safetensors          UNet forward at integer and fractional timesteps
   refs/<pipeline>/vae.safetensors           VAE encode (mean, logvar, seeded posterior sample) and decode

@@ -9,6 +9,21 @@ A thin ctypes + numpy layer over the C API in ``include/diffusion.h``::
             x0 = s.run()            # float32 [N, C, H, W], as the scheduler left it
             pixels = s.images()     # uint8 [N, H, W, C]
 
+Stable Diffusion 1.x / 2.x pipeline folders (diffusers layout, safetensors weights) load the same
+way and add text and latent steps::
+
+    with diffusion.load("stable-diffusion-v1-5") as p:
+        images = p.generate("a photo of a cat", steps=20, seed=1)    # uint8 [1, 512, 512, 3]
+        with p.sampler(prompt=["a cat", "a dog"], batch=2, guidance_scale=7.5, seed=1) as s:
+            latents = s.run()       # float32 [4, 4, 64, 64]: each prompt's 2 images in a row
+            images = s.images()     # decoded by the VAE
+
+- :meth:`Model.tokenize`, :meth:`Model.encode_prompt` (CLIP ids and text states, clip_skip),
+  :meth:`Model.encode` / :meth:`Model.decode` (the VAE), :meth:`Model.predict` with ``context=``;
+- :meth:`Model.sampler` options: prompt / negative_prompt (str or lists), prompt_embeds,
+  clip_skip, guidance_rescale, init_image + strength (img2img), init_image + mask (inpainting);
+  images are uint8 numpy arrays, or PIL images when PIL is installed (it is not required).
+
 Beyond a loaded model:
 
 - bring your own denoiser: ``diffusion.Sampler(denoiser=fn, shape=(N, C, H, W), scheduler="ddim",
@@ -96,9 +111,10 @@ def library_path() -> str:
     return library().path
 
 
-def load(path, threads: int | None = None) -> "Model":
-    """Loads a model folder (diffusers layout); see :class:`Model`."""
-    return Model(path, threads=threads)
+def load(path, threads: int | None = None, *, prefer_fp16: bool = False) -> "Model":
+    """Loads a model or pipeline folder (diffusers layout), e.g. a UNet2DModel folder or a Stable
+    Diffusion 1.x / 2.x pipeline; see :class:`Model`."""
+    return Model(path, threads=threads, prefer_fp16=prefer_fp16)
 
 
 def scheduler_names() -> list:

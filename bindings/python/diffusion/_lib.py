@@ -47,6 +47,7 @@ class ModelParams(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
         ("n_threads", ctypes.c_int32),
+        ("prefer_fp16", ctypes.c_bool),
     ]
 
 
@@ -59,6 +60,10 @@ class ModelInfo(ctypes.Structure):
         ("num_class_embeds", ctypes.c_int32),
         ("sample_width", ctypes.c_int32),
         ("null_class_label", ctypes.c_int32),
+        ("latent_channels", ctypes.c_int32),
+        ("vae_scale_factor", ctypes.c_int32),
+        ("context_length", ctypes.c_int32),
+        ("context_width", ctypes.c_int32),
     ]
 
 
@@ -74,6 +79,27 @@ class SamplerParams(ctypes.Structure):
         ("eta", ctypes.c_float),
         ("scheduler_config_json", ctypes.c_char_p),
         ("channels", ctypes.c_int32),
+        ("prompt", ctypes.c_char_p),
+        ("negative_prompt", ctypes.c_char_p),
+        ("clip_skip", ctypes.c_int32),
+    ]
+
+
+class PredictParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("x", ctypes.POINTER(ctypes.c_float)),
+        ("batch", ctypes.c_int32),
+        ("channels", ctypes.c_int32),
+        ("height", ctypes.c_int32),
+        ("width", ctypes.c_int32),
+        ("timesteps", ctypes.POINTER(ctypes.c_float)),
+        ("class_labels", ctypes.POINTER(ctypes.c_int32)),
+        ("context", ctypes.POINTER(ctypes.c_float)),
+        ("context_tokens", ctypes.c_int32),
+        ("context_width", ctypes.c_int32),
+        ("out", ctypes.POINTER(ctypes.c_float)),
+        ("out_count", ctypes.c_size_t),
     ]
 
 
@@ -130,6 +156,21 @@ PROTOTYPES = {
     "diffusion_sampler_get_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),
     "diffusion_sampler_get_preview_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),
     "diffusion_sampler_image_shape": (c_status, [c_sampler_p, _i32p]),
+    "diffusion_model_tokenize": (c_status, [c_model_p, ctypes.c_char_p, _i32p, ctypes.c_size_t, _P(ctypes.c_size_t)]),
+    "diffusion_model_encode_prompt": (c_status, [c_model_p, ctypes.c_char_p, ctypes.c_int32, _f32p, ctypes.c_size_t]),
+    "diffusion_model_vae_encode": (
+        c_status,
+        [c_model_p, _f32p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _P(ctypes.c_uint64), _f32p, ctypes.c_size_t],
+    ),
+    "diffusion_model_vae_decode": (
+        c_status, [c_model_p, _f32p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _f32p, ctypes.c_size_t],
+    ),
+    "diffusion_predict_params_init": (None, [_P(PredictParams), ctypes.c_size_t]),
+    "diffusion_model_predict_ex": (c_status, [c_model_p, _P(PredictParams)]),
+    "diffusion_sampler_set_guidance_rescale": (c_status, [c_sampler_p, ctypes.c_float]),
+    "diffusion_sampler_set_prompt_embeddings": (c_status, [c_sampler_p, _f32p, _f32p, ctypes.c_size_t]),
+    "diffusion_sampler_set_mask": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t, _u8p, ctypes.c_size_t,
+                                              ctypes.c_double]),
     "diffusion_scheduler_names": (_P(ctypes.c_char_p), []),
     "diffusion_scheduler_info_json": (c_status, [ctypes.c_char_p, _P(ctypes.c_char_p)]),
     "diffusion_noise": (c_status, [ctypes.c_uint64, _f32p, ctypes.c_size_t]),

@@ -5,24 +5,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import signal
 import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from ._args import _INT32_MAX, _c_string, _f32p, _i32p, _int, _labels, _new_params, _shape, _u8p
-from ._callbacks import _callback_sinks, _defer_sigint, _denoise_callback, _ensure_unraisable_hook
+from ._callbacks import _denoise_callback
 from ._errors import DiffusionError, _check, _error
 from ._lib import DENOISE_FN as _DENOISE_FN
-from ._lib import PROGRESS_FN as _PROGRESS_FN
 from ._lib import SamplerParams as _SamplerParams
 from ._lib import Status, library
 from ._model import Model
+from ._sampler_running import SamplerRunning
 from ._sampler_settings import SamplerSettings
 
 
-class Sampler(SamplerSettings):
+class Sampler(SamplerSettings, SamplerRunning):
     """One generation: the scheduler's state and x_t, advanced by :meth:`step` or :meth:`run`.
 
     The network is either a loaded :class:`Model` (``Sampler(model, ...)``, or ``model.sampler(...)``)
@@ -39,8 +38,14 @@ class Sampler(SamplerSettings):
     guidance_scale: classifier-free guidance (None or 1 = none; model only);
     eta: DDIM's eta; class_label: an int for every image or one per image (class-conditional
     models); batch (None = 1), height, width: output size (None = the model's sample_size; model
-    only); scheduler_config: diffusers scheduler keys (dict, or a JSON string) over the model's
+    only; for a latent model the image's size in pixels, and :attr:`shape` is the latents');
+    scheduler_config: diffusers scheduler keys (dict, or a JSON string) over the model's
     (or, for a denoiser, over the scheduler's diffusers defaults).
+
+    Text pipelines (Stable Diffusion): prompt, negative_prompt (str, None = ""), encoded when the
+    sampler is created and given to every image; clip_skip (None = 0): CLIP layers to skip for the
+    prompt (not the negative prompt). :meth:`Model.sampler` adds lists of prompts, embeddings,
+    img2img and inpainting on top, and 7.5 as the default guidance for text pipelines.
 
     denoiser: ``fn(x, t) -> prediction``, called once per network evaluation with x, the
     scheduler's scaled model input (what a diffusers pipeline passes to its UNet), as a fresh
@@ -70,6 +75,9 @@ class Sampler(SamplerSettings):
         *,
         denoiser=None,
         shape=None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        clip_skip: int | None = None,
     ):
         self._handle = None  # set first, so __del__ works whatever happens below
         self._model = None
@@ -96,6 +104,8 @@ class Sampler(SamplerSettings):
                                 "batch, height and width are for a model")
             if guidance_scale is not None or class_label is not None:
                 raise TypeError("guidance_scale and class_label need a model; a denoiser does its own conditioning")
+            if prompt is not None or negative_prompt is not None or clip_skip is not None:
+                raise TypeError("prompts need a model (a text pipeline); a denoiser does its own conditioning")
             dims = _shape("shape", shape)
             if len(dims) != 4:
                 raise ValueError(f"shape must be (batch, channels, height, width), got {tuple(dims)}")
@@ -132,6 +142,15 @@ class Sampler(SamplerSettings):
                 )
             self._config_bytes = _c_string("scheduler_config", text)
             params.scheduler_config_json = self._config_bytes
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if text is not None:
+                if not isinstance(text, str):
+                    raise TypeError(f"{name} must be a str or None, not {type(text).__name__} "
+                                    "(Model.sampler takes lists of prompts)")
+                setattr(self, f"_{name}_bytes", _c_string(name, text))  # kept alive with the sampler
+                setattr(params, name, getattr(self, f"_{name}_bytes"))
+        if clip_skip is not None:
+            params.clip_skip = _int("clip_skip", clip_skip, 0, _INT32_MAX)
         labels = None if class_label is None else _labels("class_label", class_label)
         scale = None if guidance_scale is None else float(guidance_scale)
 
@@ -158,6 +177,8 @@ class Sampler(SamplerSettings):
             c_shape = (ctypes.c_int32 * 4)()
             _check(lib.sampler_shape(self._handle, c_shape))
             self._shape = tuple(int(v) for v in c_shape)
+            _check(lib.sampler_image_shape(self._handle, c_shape))
+            self._image_shape = tuple(int(v) for v in c_shape)
             self._timesteps = self._fetch_timesteps(self._handle)
         except BaseException:
             self.close()
@@ -236,8 +257,14 @@ class Sampler(SamplerSettings):
 
     @property
     def shape(self) -> tuple:
-        """(batch, channels, height, width)."""
+        """(batch, channels, height, width) of the sample x_t (for a latent model, the latents)."""
         return self._shape
+
+    @property
+    def image_shape(self) -> tuple:
+        """(batch, height, width, channels) of :meth:`images` (for a latent model the VAE's pixel
+        size, not the latents')."""
+        return self._image_shape
 
     batch = property(lambda self: self._shape[0])
     channels = property(lambda self: self._shape[1])
@@ -300,122 +327,16 @@ class Sampler(SamplerSettings):
 
     def _images(self, fn) -> np.ndarray:
         with self._use() as h:
-            shape = (ctypes.c_int32 * 4)()
-            _check(library().sampler_image_shape(h, shape))
-            out = np.empty(tuple(shape), dtype=np.uint8)
+            out = np.empty(self._image_shape, dtype=np.uint8)
             _check(fn(h, out.ctypes.data_as(_u8p), out.size))
         return out
 
     def images(self) -> np.ndarray:
         """The finished run's images as uint8 pixels [N, H, W, C]: round(clamp(x/2 + 0.5, 0, 1) * 255)
-        of the decoded sample. Before the last step: DiffusionError INVALID_STATE (see preview_images)."""
+        of the decoded sample (a latent model's decoded by its VAE). Before the last step:
+        DiffusionError INVALID_STATE (see preview_images)."""
         return self._images(library().sampler_get_images)
 
     def preview_images(self) -> np.ndarray:
         """The current sample decoded like images(), at any point of the run."""
         return self._images(library().sampler_get_preview_images)
-
-    # -- running --
-
-    @contextlib.contextmanager
-    def _c_call(self, interrupted: list, extra_sink=None):
-        """Around a step/run C call (inside _use(mutating=True)): marks the sampler running, defers
-        Ctrl-C into `interrupted` (see _defer_sigint), routes exceptions of our callbacks that
-        ctypes could only report as unraisable to the call, and frees the sampler afterwards if a
-        callback closed it. Yields the list of the callbacks' exceptions."""
-        errors = self._callback_errors
-        del errors[:]
-        sinks = [(entry[1], errors) for entry in (self._denoiser, self._gradient) if entry is not None]
-        if extra_sink is not None:
-            sinks.append(extra_sink)
-        self._running = True
-        self._callback_thread = threading.get_ident()
-        _ensure_unraisable_hook()
-        for callback, sink in sinks:
-            _callback_sinks[id(callback)] = (callback, sink)
-        restore = _defer_sigint(interrupted)
-        try:
-            yield errors
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGINT, restore)
-            for callback, _ in sinks:
-                _callback_sinks.pop(id(callback), None)
-            self._running = False
-            self._callback_thread = None
-            if self._close_pending:
-                self._free()
-
-    def step(self) -> bool:
-        """Runs one step; True if steps remain after it. Raises DiffusionError (INVALID_STATE)
-        when none is left, and (CANCELLED) without stepping if a cancel() was pending. An exception
-        of the denoiser or classifier gradient is re-raised (the step did not happen). Ctrl-C
-        during the step lets it finish, then raises KeyboardInterrupt."""
-        remaining = ctypes.c_int32(0)
-        interrupted = []
-        with self._use(mutating=True) as h:
-            with self._c_call(interrupted) as errors:
-                status = library().sampler_step(h, ctypes.byref(remaining))
-                err = _error(status) if status != 0 else None
-            if interrupted:
-                raise KeyboardInterrupt
-            if errors:
-                raise errors[0]
-            if err is not None:
-                raise err
-        return remaining.value > 0
-
-    def run(self, progress=None) -> np.ndarray:
-        """Runs the remaining steps and returns the final sample (float32 [N, C, H, W], exactly as
-        the scheduler left it: not clamped).
-
-        progress(step, total_steps, timestep) is called after each step; returning False cancels
-        (None counts as True). If it raises, the run is cancelled and the exception re-raised
-        here; so is an exception of the denoiser or classifier gradient (that step did not happen).
-        A cancelled run (callback, cancel()) raises DiffusionError with status ERROR_CANCELLED;
-        Ctrl-C stops it after the current step and raises KeyboardInterrupt. Either way the sampler
-        keeps the last x_t and can continue with step() or run().
-        """
-        if progress is not None and not callable(progress):
-            raise TypeError("progress must be callable or None")
-        raised = []
-        interrupted = []  # Ctrl-C, deferred by _c_call
-
-        def callback(step, total, timestep, _user_data):
-            # Nothing may propagate into C: any exception is kept and cancels the run.
-            try:
-                if progress is None:
-                    return not (self._close_pending or interrupted)
-                result = progress(int(step), int(total), float(timestep))
-                if self._close_pending or interrupted:
-                    return False
-                return True if result is None else bool(result)
-            except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
-                raised.append(e)
-                return False
-
-        # Always passed (even without progress) so that Ctrl-C, which Python can only notice while a
-        # callback runs, cancels the run after the current step instead of waiting for the end.
-        c_callback = _PROGRESS_FN(callback)  # alive until the C call returns
-        with self._use(mutating=True) as h:
-            with self._c_call(interrupted, extra_sink=(callback, raised)) as errors:
-                status = library().sampler_run(h, c_callback, None)
-                err = _error(status) if status != 0 else None
-            if interrupted:
-                raise KeyboardInterrupt
-            if raised:
-                raise raised[0]
-            if errors:
-                raise errors[0]
-            if err is not None:
-                raise err
-            if self._handle is None:
-                raise ValueError("the sampler was closed during run()")
-            return self._get_latents(h)
-
-    def cancel(self) -> None:
-        """Asks a running run() (or the next step()/run()) to stop. Any thread, any time; a no-op
-        on a closed sampler."""
-        with self._handle_lock:
-            if self._handle is not None:
-                library().sampler_cancel(self._handle)

@@ -33,6 +33,11 @@ def pytest_sessionstart(session):
             f"reference fixtures not found under {helpers.fixtures_dir()} (set DIFFUSION_FIXTURES to Tests/Fixtures)",
             returncode=1,
         )
+    try:
+        for name in helpers.SD_PIPELINES:
+            helpers.sd_pipeline(name)
+    except FileNotFoundError as e:
+        pytest.exit(f"Stable Diffusion fixtures missing: {e}", returncode=1)
 
 
 @pytest.fixture(scope="session")

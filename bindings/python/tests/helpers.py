@@ -153,3 +153,88 @@ def assert_parallel_runs_match(make_sampler, settings) -> None:
         t.join()
     for a, b in zip(alone, together):
         assert b is not None and np.array_equal(a, b)
+
+
+# ---- Stable Diffusion fixtures (Tests/Fixtures/sd, see its README.md) ---------------------
+
+SD_PIPELINES = ("sd1", "sd2", "sd1_inpaint", "sd1_legacy")
+# Every end-to-end run the fixture README lists, as <pipeline>/<case>: listed here, not globbed, so
+# that a missing fixture fails its test instead of silently running nothing.
+SD_RUNS = (
+    "sd1/txt2img_pndm",
+    "sd1/txt2img_ddim_g1",
+    "sd1/txt2img_euler_a_negative",
+    "sd1/txt2img_dpmpp_2m_batch4",
+    "sd1/img2img_ddim",
+    "sd1/img2img_euler",
+    "sd1/inpaint_4ch_ddim",
+    "sd2/txt2img_ddim_vpred",
+    "sd2/txt2img_dpmpp_2m_rescale",
+    "sd1_inpaint/inpaint_9ch_ddim",
+    "sd1_legacy/txt2img_pndm",
+)
+
+
+def sd_dir() -> Path:
+    d = fixtures_dir()
+    if d is None or not (d / "sd").is_dir():
+        raise FileNotFoundError(f"Stable Diffusion fixtures not found: {d and d / 'sd'} (set DIFFUSION_FIXTURES)")
+    return d / "sd"
+
+
+def sd_pipeline(name: str) -> Path:
+    d = sd_dir() / name
+    if not (d / "model_index.json").is_file():
+        raise FileNotFoundError(f"{d}/model_index.json not found")
+    return d
+
+
+def sd_refs(name: str, what: str) -> dict:
+    """{name: ndarray} of Tests/Fixtures/sd/refs/<name>/<what>.safetensors (text, unet, vae)."""
+    return read_safetensors(sd_dir() / "refs" / name / f"{what}.safetensors")
+
+
+def sd_text_json(name: str) -> dict:
+    return json.loads((sd_dir() / "refs" / name / "text.json").read_text())
+
+
+def sd_scaling_factor(name: str) -> float:
+    """The VAE's scaling_factor (diffusers' default 0.18215 when the config has none)."""
+    return float(json.loads((sd_pipeline(name) / "vae" / "config.json").read_text()).get("scaling_factor", 0.18215))
+
+
+def sd_run(case: str):
+    """(run dict, pipeline folder, tensors) of refs/<pipeline>/runs/<case>."""
+    pipeline, name = case.split("/")
+    d = sd_dir() / "refs" / pipeline / "runs"
+    run = json.loads((d / f"{name}.json").read_text())
+    return run, (d / run["pipeline"]).resolve(), read_safetensors(d / f"{name}.safetensors")
+
+
+def sd_sampler_kwargs(run: dict, tensors: dict) -> dict:
+    """Model.sampler(...) keyword arguments for a run: what the diffusers call was given."""
+    kw = dict(prompt=run["prompt"], steps=run["steps"], seed=run["seed"], height=run["height"], width=run["width"],
+              guidance_scale=run["guidance_scale"], batch=run["num_images_per_prompt"])
+    if run["scheduler_source"] != "the pipeline's own scheduler as loaded":
+        kw["scheduler"] = run["scheduler"]  # Cls.from_config(pipe.scheduler.config)
+    if run.get("negative_prompt") is not None:
+        kw["negative_prompt"] = run["negative_prompt"]
+    if run.get("guidance_rescale"):
+        kw["guidance_rescale"] = run["guidance_rescale"]
+    if run.get("eta"):
+        kw["eta"] = run["eta"]
+    if run.get("init_image"):
+        kw["init_image"] = tensors[run["init_image"]]
+    if run.get("mask"):
+        kw["mask"] = tensors[run["mask"]]  # strength: the inpaint default (1.0)
+    elif run.get("strength") is not None:
+        kw["strength"] = run["strength"]
+    return kw
+
+
+def max_rel_err(got, want) -> float:
+    """max |got - want| / max |want| (NaN anywhere counts as infinitely wrong)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+    return float("inf") if not np.isfinite(err) else float(err)

@@ -67,14 +67,19 @@ _C_TYPES = {
     "int32_t": ctypes.c_int32,
     "uint64_t": ctypes.c_uint64,
     "float": ctypes.c_float,
+    "bool": ctypes.c_bool,
+    "size_t": ctypes.c_size_t,
     "const char *": ctypes.c_char_p,
+    "const float *": ctypes.POINTER(ctypes.c_float),
+    "float *": ctypes.POINTER(ctypes.c_float),
+    "const int32_t *": ctypes.POINTER(ctypes.c_int32),
 }
 
 
 @pytest.mark.parametrize(
     "c_name, cls",
     [("diffusion_model_params", _lib.ModelParams), ("diffusion_model_info", _lib.ModelInfo),
-     ("diffusion_sampler_params", _lib.SamplerParams)],
+     ("diffusion_sampler_params", _lib.SamplerParams), ("diffusion_predict_params", _lib.PredictParams)],
 )
 def test_struct_layout_matches_header(c_name, cls):
     m = re.search(rf"typedef struct {c_name}\s*{{(.*?)}}\s*{c_name}\s*;", _header_code(), re.S)
@@ -84,11 +89,13 @@ def test_struct_layout_matches_header(c_name, cls):
         decl = " ".join(decl.split())
         if not decl:
             continue
-        fm = re.fullmatch(r"(.*?)\s*\b(\w+)", decl)
+        first, *more = decl.split(",")  # "int32_t batch, channels" declares two fields
+        fm = re.fullmatch(r"(.*?)\s*\b(\w+)", first)
         ctype = fm.group(1).replace(" *", " *").strip()
         if ctype.endswith("*") and not ctype.endswith(" *"):
             ctype = ctype[:-1].strip() + " *"
-        fields.append((fm.group(2), _C_TYPES[ctype]))
+        for name in [fm.group(2)] + [m.strip() for m in more]:
+            fields.append((name, _C_TYPES[ctype]))
     assert [(n, t) for n, t in cls._fields_] == fields
 
 
@@ -98,8 +105,13 @@ def test_params_init_gives_header_defaults():
     assert p.struct_size == ctypes.sizeof(_lib.SamplerParams)
     assert (p.scheduler, p.steps, p.seed, p.batch, p.height, p.width, p.eta, p.scheduler_config_json) == (
         None, 0, 0, 1, 0, 0, 0.0, None)
+    assert (p.channels, p.prompt, p.negative_prompt, p.clip_skip) == (0, None, None, 0)
     mp = diffusion._new_params(_lib.ModelParams, lib.model_params_init)
-    assert mp.n_threads == 0
+    assert (mp.n_threads, mp.prefer_fp16) == (0, False)
+    pp = diffusion._new_params(_lib.PredictParams, lib.predict_params_init)
+    assert pp.struct_size == ctypes.sizeof(_lib.PredictParams)
+    assert (bool(pp.x), pp.batch, bool(pp.timesteps), bool(pp.class_labels), bool(pp.context), bool(pp.out),
+            pp.out_count) == (False, 1, False, False, False, False, 0)
 
 
 def test_status_enum_is_int():

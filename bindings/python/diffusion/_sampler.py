@@ -147,8 +147,7 @@ class Sampler(SamplerSettings, SamplerRunning):
                 if not isinstance(text, str):
                     raise TypeError(f"{name} must be a str or None, not {type(text).__name__} "
                                     "(Model.sampler takes lists of prompts)")
-                setattr(self, f"_{name}_bytes", _c_string(name, text))  # kept alive with the sampler
-                setattr(params, name, getattr(self, f"_{name}_bytes"))
+                setattr(params, name, _c_string(name, text))  # (ctypes keeps the bytes alive with params)
         if clip_skip is not None:
             params.clip_skip = _int("clip_skip", clip_skip, 0, _INT32_MAX)
         labels = None if class_label is None else _labels("class_label", class_label)

@@ -3,11 +3,12 @@
 #   make test      build and run every test (Swift core, C API, install + pkg-config, Python)
 #   make install PREFIX=/usr/local
 #   make bench     speed vs PyTorch (creates a venv with torch/diffusers under bench/.venv)
+#   make bench-sd  Stable Diffusion 1.5-shaped generation vs diffusers (load, s/step, decode, RSS)
 # For a CPU older than the build machine: make MARCH=x86-64-v2 (default: native).
 
 PREFIX      ?= /usr/local
 MARCH       ?= native
-VERSION     := 0.2.0
+VERSION     := 0.3.0
 SOVERSION   := 0
 PYTHON      ?= python3
 DEMO_MODEL  ?= models/digits
@@ -19,7 +20,7 @@ SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FL
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 
-.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench clean
+.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench bench-sd clean
 
 all: build
 
@@ -51,6 +52,8 @@ test-c: build
 	$(PYTHON) Tests/c/check_library.py $(LIB)
 	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_api
 	$(BUILD_DIR)/test_api Tests/Fixtures
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_sd_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_sd_api
+	$(BUILD_DIR)/test_sd_api Tests/Fixtures
 
 # Install into a temporary prefix, then build and run the C example with pkg-config only.
 test-install: build
@@ -98,6 +101,15 @@ install: build
 
 bench: build
 	bash bench/run.sh
+
+# Stable Diffusion 1.5-shaped generation vs diffusers (random F16 weights, ~2 GB, made on first use).
+SD_BENCH_MODEL ?= bench/.models/sd15-random
+bench-sd: build
+	BENCH_SETUP_ONLY=1 bash bench/run.sh
+	@v=$${BENCH_VENV:-bench/.venv}; \
+	$$v/bin/python -c "import transformers" 2>/dev/null || $$v/bin/pip install --quiet transformers; \
+	[ -f $(SD_BENCH_MODEL)/model_index.json ] || $$v/bin/python tools/make_sd15_random.py --out $(SD_BENCH_MODEL); \
+	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $$v/bin/python bench/bench_sd.py --model $(SD_BENCH_MODEL)
 
 clean:
 	rm -rf .build $(OUT)

@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define DIFFUSION_VERSION_MAJOR 0
-#define DIFFUSION_VERSION_MINOR 2
+#define DIFFUSION_VERSION_MINOR 3
 #define DIFFUSION_VERSION_PATCH 0
 
 /* Result codes. Append-only: new codes are added last, none is ever removed or renumbered. */
@@ -109,6 +109,9 @@ typedef struct diffusion_model_params {
     uint32_t struct_size;
     /* Threads used by this model's network evaluations; 0 (default) = number of CPU cores. */
     int32_t n_threads;
+    /* Weight files: false (default) reads <name>.safetensors and falls back to the fp16 variant
+       <name>.fp16.safetensors when the plain file is absent; true prefers the fp16 variant. */
+    bool prefer_fp16;
 } diffusion_model_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_model_params)
@@ -120,7 +123,12 @@ void diffusion_model_params_init(diffusion_model_params *params, size_t struct_s
  *   - a model folder: config.json + diffusion_pytorch_model.safetensors
  *     (+ optional scheduler_config.json), or
  *   - a pipeline folder: model_index.json with unet/ (as above) and optional scheduler/
- *     (scheduler_config.json).
+ *     (scheduler_config.json); a Stable Diffusion 1.x / 2.x pipeline (UNet2DConditionModel) also
+ *     needs text_encoder/ (config.json + model.safetensors), tokenizer/ (vocab.json, merges.txt,
+ *     optional tokenizer_config.json / special_tokens_map.json) and vae/ (AutoencoderKL).
+ *     Components the library does not run (safety_checker, feature_extractor, ...) are ignored.
+ * Weights may be the fp16 variant files (see prefer_fp16); pickle .bin files are refused. Weights
+ * stay in their stored dtype, mapped from the file.
  * Weights may be stored as F32, F16 or BF16. Every byte is validated before use.
  * params may be NULL (defaults). On success *out_model owns the model; free it with
  * diffusion_model_free. On failure *out_model is set to NULL. */
@@ -140,6 +148,11 @@ typedef struct diffusion_model_info {
     int32_t num_class_embeds;   /* 0 = not class-conditional */
     int32_t sample_width;       /* default width; 0 = none */
     int32_t null_class_label;   /* the unconditional class used for guidance; -1 = none */
+    int32_t latent_channels;    /* channels of x_t (a sampler's channels); in_channels may add
+                                   conditioning channels (inpainting: 9 = 4 + mask + 4) */
+    int32_t vae_scale_factor;   /* pixels per latent along each side; 1 = a pixel-space model */
+    int32_t context_length;     /* text tokens per prompt (77); 0 = no text conditioning */
+    int32_t context_width;      /* width of each token's text state (SD1 768, SD2 1024) */
 } diffusion_model_info;
 
 /* Fills *info (whose struct_size the caller has set) with the model's shape. Only the first
@@ -197,6 +210,14 @@ typedef struct diffusion_sampler_params {
     /* Channels of the sample. 0 (default) = the model's in_channels; required (> 0) with
        diffusion_sampler_create_with_denoiser, as are height and width. */
     int32_t channels;
+    /* Text pipelines (Stable Diffusion): the prompt and the negative prompt (NULL = ""), UTF-8,
+       copied. The prompt is encoded when the sampler is created; every image of the batch gets it
+       (use diffusion_sampler_set_prompt_embeddings for different prompts per image). */
+    const char *prompt;
+    const char *negative_prompt;
+    /* CLIP layers to skip for the prompt, as diffusers' clip_skip (0 = none; 1 = the second-to-last
+       layer's output, through the final LayerNorm). Not applied to the negative prompt. */
+    int32_t clip_skip;
 } diffusion_sampler_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_sampler_params))
@@ -263,15 +284,17 @@ diffusion_status diffusion_sampler_set_classifier_guidance(diffusion_sampler *sa
                                                            diffusion_gradient_fn gradient,
                                                            void *user_data, float scale);
 
-/* img2img: start from an image instead of pure noise. strength in (0, 1] picks how much of the
+/* img2img: start from an image instead of pure noise (a latent model encodes it with its VAE,
+ * drawing the posterior sample before the start noise, as diffusers' img2img pipeline). strength in (0, 1] picks how much of the
  * schedule runs, as diffusers' img2img pipelines do: init = min(int(steps * strength), steps),
  * the first (steps - init) x order iterations are skipped, and the image is noised to the level of
  * the first remaining one with the sampler's start noise (add_noise). strength 1 starts from
  * (almost) pure noise. Call before the first step (else DIFFUSION_ERROR_INVALID_STATE).
  * set_init_latents takes x_0 as float32 NCHW: count = batch x channels x height x width, or
  * channels x height x width for one image used for the whole batch. set_init_image takes 8-bit
- * pixels (NHWC, as get_images gives them; size = batch x height x width x channels, or one image)
- * and maps them to x_0 = pixel / 255 * 2 - 1 like diffusers' image processor. After it the
+ * pixels (NHWC of diffusion_sampler_image_shape, as get_images gives them; size = batch x height x
+ * width x channels, or one image) and maps them to pixel / 255 * 2 - 1 like diffusers' image
+ * processor (then VAE-encodes them for a latent model). After it the
  * sampler's timesteps and progress cover only the remaining iterations. */
 diffusion_status diffusion_sampler_set_init_latents(diffusion_sampler *sampler, const float *latents,
                                                     size_t count, double strength);
@@ -346,6 +369,74 @@ diffusion_status diffusion_sampler_image_shape(const diffusion_sampler *sampler,
  * progress callback's thread between steps): the same size and mapping. */
 diffusion_status diffusion_sampler_get_preview_images(const diffusion_sampler *sampler, uint8_t *out,
                                                       size_t size);
+
+/* ---- Text and latent pipelines (Stable Diffusion) ----------------------------------------- */
+
+/* The token ids of text as the pipeline's CLIP tokenizer gives them (padded with its pad token
+ * and truncated to context_length, start and end tokens included). Writes min(capacity, total)
+ * ids and the total (context_length) to *count. Invalid UTF-8 is INVALID_ARGUMENT. */
+diffusion_status diffusion_model_tokenize(const diffusion_model *model, const char *text, int32_t *ids,
+                                          size_t capacity, size_t *count);
+
+/* The text states of prompt (diffusers' encode_prompt): out holds context_length x context_width
+ * floats (count). clip_skip as in diffusion_sampler_params. */
+diffusion_status diffusion_model_encode_prompt(const diffusion_model *model, const char *prompt,
+                                               int32_t clip_skip, float *out, size_t count);
+
+/* VAE encode: images float32 [batch, 3, height, width] in [-1, 1] (sizes multiples of
+ * vae_scale_factor) -> latents [batch, latent_channels, height / f, width / f] =
+ * z x scaling_factor, with z the posterior's mean (seed NULL) or a sample drawn from
+ * torch.Generator().manual_seed(*seed), as diffusers' latent_dist.sample(generator). */
+diffusion_status diffusion_model_vae_encode(const diffusion_model *model, const float *images, int32_t batch,
+                                            int32_t height, int32_t width, const uint64_t *seed,
+                                            float *latents, size_t count);
+
+/* VAE decode: latents [batch, latent_channels, height, width] -> images float32
+ * [batch, 3, height x f, width x f], the decoder's raw output for latents / scaling_factor
+ * (unclamped; map with x / 2 + 0.5). Large images are decoded in tiles (diffusers' tiled decode). */
+diffusion_status diffusion_model_vae_decode(const diffusion_model *model, const float *latents, int32_t batch,
+                                            int32_t height, int32_t width, float *images, size_t count);
+
+/* One network evaluation with any conditioning (a params struct, so it can grow). */
+typedef struct diffusion_predict_params {
+    uint32_t struct_size;
+    /* float32 [batch, channels, height, width]: channels = in_channels (an inpainting UNet's x_t,
+       mask and masked-image latents concatenated, as diffusers' UNet takes them). */
+    const float *x;
+    int32_t batch, channels, height, width;
+    const float *timesteps;        /* batch values */
+    const int32_t *class_labels;   /* batch labels, or NULL for a model without classes */
+    /* Text states float32 [batch, context_tokens, context_width], or NULL for a model without text
+       conditioning. */
+    const float *context;
+    int32_t context_tokens;
+    int32_t context_width;
+    float *out;                    /* float32 [batch, out_channels, height, width] */
+    size_t out_count;
+} diffusion_predict_params;
+
+void diffusion_predict_params_init(diffusion_predict_params *params, size_t struct_size);
+/* Thread-safe like diffusion_model_predict. */
+diffusion_status diffusion_model_predict_ex(const diffusion_model *model, const diffusion_predict_params *params);
+
+/* diffusers' guidance_rescale in [0, 1] (default 0): the guided prediction is mixed with itself
+ * rescaled to the conditional prediction's standard deviation (per image). Text pipelines only
+ * guide when the scale is above 1 (diffusers' rule): a scale <= 1 runs no unconditional pass. */
+diffusion_status diffusion_sampler_set_guidance_rescale(diffusion_sampler *sampler, float rescale);
+
+/* Caller-given text states instead of the prompts: embeddings (and negative_embeddings, or NULL
+ * for the empty negative prompt's) hold batch x context_length x context_width floats each
+ * (count), one prompt's states per image. Before or between steps. */
+diffusion_status diffusion_sampler_set_prompt_embeddings(diffusion_sampler *sampler, const float *embeddings,
+                                                         const float *negative_embeddings, size_t count);
+
+/* Inpainting (StableDiffusionInpaintPipeline): image as for set_init_image (8-bit NHWC RGB of the
+ * image shape, one image or batch), mask 8-bit (height x width, one or batch planes; white = repaint,
+ * binarised at 128), strength in (0, 1] (1 = start from noise). A 9-channel inpainting UNet gets the
+ * mask and the masked image's latents; a 4-channel UNet keeps the unmasked region after each step.
+ * Before the first step. */
+diffusion_status diffusion_sampler_set_mask(diffusion_sampler *sampler, const uint8_t *image, size_t image_size,
+                                            const uint8_t *mask, size_t mask_size, double strength);
 
 /* ---- Schedulers, noise and interpolation ------------------------------------------------- */
 

@@ -3,7 +3,7 @@ import DiffusionCore
 
 @c @implementation
 public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
-    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0), to: params, size: structSize)
+    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false), to: params, size: structSize)
 }
 
 /// Writes the first `size` bytes of `value` (a params struct) and sets its struct_size.
@@ -38,7 +38,7 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
         diffusion_model_params_init(&defaults, MemoryLayout<diffusion_model_params>.size)
         let p = try readParams(params, defaults: defaults, "diffusion_model_params")
         guard p.n_threads >= 0, p.n_threads <= 1024 else { throw invalid("n_threads \(p.n_threads) must be between 0 and 1024") }
-        let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads))
+        let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16)
         outModel.pointee = HandleRegistry.shared.register(ModelHandle(model))
     }
 }
@@ -60,7 +60,11 @@ public func diffusion_model_get_info(_ model: OpaquePointer!, _ info: UnsafeMuta
                                         out_channels: Int32(clamping: c.outChannels), sample_size: Int32(clamping: c.sampleHeight ?? 0),
                                         num_class_embeds: Int32(clamping: c.numClassEmbeds ?? 0),
                                         sample_width: Int32(clamping: c.sampleWidth ?? 0),
-                                        null_class_label: Int32(clamping: c.nullClassLabel ?? -1))
+                                        null_class_label: Int32(clamping: c.nullClassLabel ?? -1),
+                                        latent_channels: Int32(clamping: c.latentChannels),
+                                        vae_scale_factor: Int32(clamping: c.vaeScaleFactor),
+                                        context_length: Int32(clamping: c.contextLength),
+                                        context_width: Int32(clamping: c.contextWidth))
         withUnsafeBytes(of: &full) { src in
             UnsafeMutableRawPointer(info).copyMemory(from: src.baseAddress!, byteCount: min(size, src.count))
         }

@@ -4,7 +4,8 @@ import DiffusionCore
 @c @implementation
 public func diffusion_sampler_params_init(_ params: UnsafeMutablePointer<diffusion_sampler_params>!, _ structSize: Int) {
     writeDefaults(diffusion_sampler_params(struct_size: 0, scheduler: nil, steps: 0, seed: 0, batch: 1, height: 0,
-                                           width: 0, eta: 0, scheduler_config_json: nil, channels: 0),
+                                           width: 0, eta: 0, scheduler_config_json: nil, channels: 0,
+                                           prompt: nil, negative_prompt: nil, clip_skip: 0),
                   to: params, size: structSize)
 }
 
@@ -22,6 +23,10 @@ func samplerParams(_ params: UnsafePointer<diffusion_sampler_params>?) throws ->
     p.height = Int(c.height)
     p.width = Int(c.width)
     p.eta = c.eta
+    p.prompt = try c.prompt.map { try string($0, "prompt") }
+    p.negativePrompt = try c.negative_prompt.map { try string($0, "negative_prompt") }
+    guard c.clip_skip >= 0 else { throw invalid("clip_skip \(c.clip_skip) must be >= 0") }
+    p.clipSkip = Int(c.clip_skip)
     if let json = c.scheduler_config_json {
         do { p.schedulerOverrides = try JSONValue.parse(try string(json, "scheduler_config_json"), pythonConstants: true) }
         catch let e as DiffusionError { throw invalid("scheduler_config_json: \(e.message)") }
@@ -100,19 +105,23 @@ public func diffusion_sampler_set_init_image(_ sampler: OpaquePointer!, _ pixels
     boundary {
         let s = try lookupSampler(sampler)
         guard let pixels else { throw invalid("pixels is NULL") }
-        guard size == s.count || size == s.shape.perSample else {
-            throw invalid("size is \(size), expected \(s.count) (batch x height x width x channels) or \(s.shape.perSample) (one image)")
+        let image = try pixelTensor(s, pixels, size, "size")
+        if let model = s.model {
+            try model.setInitImage(image, strength: strength, on: s)
+        } else {
+            try s.setInitImage(image.data, count: image.count, strength: strength)
         }
-        // NHWC pixels -> NCHW x_0 = pixel / 255 * 2 - 1 (float32, as diffusers' VaeImageProcessor)
-        let hw = s.height * s.width, c = s.channels
-        var x = [Float](repeating: 0, count: size)
-        for n in 0..<(size / (hw * c)) {
-            for ch in 0..<c {
-                for i in 0..<hw { x[(n * c + ch) * hw + i] = 2 * (Float(pixels[(n * hw + i) * c + ch]) / 255) - 1 }
-            }
-        }
-        try s.setInitImage(x, count: size, strength: strength)
     }
+}
+
+/// 8-bit NHWC pixels of the sampler's image shape (one image or the batch) as NCHW in [-1, 1].
+func pixelTensor(_ s: Sampler, _ pixels: UnsafePointer<UInt8>, _ size: Int, _ what: String) throws -> Tensor {
+    let (n, h, w, c) = imageShape(s)
+    let one = h * w * c
+    guard size == n * one || size == one else {
+        throw invalid("\(what) is \(size), expected \(n * one) (batch x height x width x channels of diffusion_sampler_image_shape) or \(one) (one image)")
+    }
+    return tensor(fromPixels: pixels, n: size / one, channels: c, height: h, width: w)
 }
 
 @c @implementation

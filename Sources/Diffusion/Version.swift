@@ -5,7 +5,7 @@ public func diffusion_version_number() -> UInt32 {
     UInt32(DIFFUSION_VERSION_MAJOR * 10000 + DIFFUSION_VERSION_MINOR * 100 + DIFFUSION_VERSION_PATCH)
 }
 
-private let versionString: StaticString = "0.2.0"
+private let versionString: StaticString = "0.3.0"
 
 @c @implementation
 public func diffusion_version_string() -> UnsafePointer<CChar>! {

@@ -27,8 +27,11 @@ struct ModelOption: ParsableArguments {
     @Option(help: "Threads for the network (default: all cores).")
     var threads: Int = 0
 
+    @Flag(help: "Read the fp16 variant weight files (*.fp16.safetensors) even when full-precision files exist.")
+    var preferFP16 = false
+
     func load() throws -> DiffusionModel {
-        try DiffusionModel(path: model ?? defaultModelPath(), threads: threads)
+        try DiffusionModel(path: model ?? defaultModelPath(), threads: threads, preferFP16: preferFP16)
     }
 }
 
@@ -58,12 +61,16 @@ struct Info: ParsableCommand {
             print("model:       \(modelOption.model ?? defaultModelPath())")
             if let u = m.pixelUNet {
                 print("network:     UNet2DModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(u.config.blockOutChannels)")
-            } else if let u = m.conditionUNet {
-                print("network:     UNet2DConditionModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(u.config.blockOutChannels), text width \(c.contextWidth)")
+            } else if let u = m.conditionUNet, let l = m.latent {
+                print("pipeline:    Stable Diffusion (latent), images \(c.sampleWidth.map(String.init) ?? "?") x \(c.sampleHeight.map(String.init) ?? "?") by default")
+                print("unet:        UNet2DConditionModel, \(c.inChannels) -> \(c.outChannels) channels, blocks \(u.config.blockOutChannels), heads \(u.config.attentionHeads), cross-attention \(u.config.crossAttentionDim)" + (c.inChannels > c.outChannels ? " (inpainting)" : ""))
+                print("text:        CLIPTextModel, width \(l.textEncoder.hiddenSize), \(c.contextLength) tokens")
+                print("tokenizer:   CLIP BPE, pad id \(l.tokenizer.padID)")
+                print("vae:         AutoencoderKL, \(c.latentChannels) latent channels, scale factor \(c.vaeScaleFactor), scaling_factor \(l.scalingFactor)")
             }
-            print("sample size: \(c.sampleHeight.map(String.init) ?? "none") x \(c.sampleWidth.map(String.init) ?? "none")")
+            if m.pixelUNet != nil { print("sample size: \(c.sampleHeight.map(String.init) ?? "none") x \(c.sampleWidth.map(String.init) ?? "none")")
             print("classes:     \(c.numClassEmbeds.map(String.init) ?? "none")" +
-                  (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? ""))
+                  (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? "")) }
             print("scheduler:   \(m.defaultScheduler)")
             print("config:      \(m.configJSON)")
         } catch let e as DiffusionError { DiffusionCommand.fail(e) }
@@ -90,8 +97,25 @@ struct Generate: ParsableCommand {
             help: "Class label for a class-conditional model, or \"all\" for one row per class.")
     var classLabel: String?
 
-    @Option(help: "Classifier-free guidance scale (1 = none).")
-    var guidance: Float = 1
+    @Option(help: "Text pipelines: the prompt.")
+    var prompt: String?
+
+    @Option(help: "Text pipelines: the negative prompt (default: none).")
+    var negativePrompt: String?
+
+    @Option(help: "Text pipelines: CLIP layers to skip (diffusers' clip_skip).")
+    var clipSkip: Int = 0
+
+    @Option(help: "Image width and height in pixels (default: the model's sample size; multiples of 8 for Stable Diffusion).")
+    var width: Int = 0
+    @Option(help: "Image height in pixels (see --width).")
+    var height: Int = 0
+
+    @Option(help: "Classifier-free guidance scale (default: 7.5 for text pipelines, else 1 = none).")
+    var guidance: Float?
+
+    @Option(help: "diffusers' guidance_rescale in [0, 1] (text pipelines).")
+    var guidanceRescale: Float = 0
 
     @Option(help: "Scheduler: ddpm, ddim, euler, euler_a, heun, dpmpp_2m, pndm, lms, unipc, lcm or an alias (`diffusion schedulers`; default: the model's).")
     var scheduler: String?
@@ -105,8 +129,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed (torch.manual_seed compatible).")
     var seed: UInt64 = 0
 
-    @Option(help: "Images (per class with --class all).")
-    var count: Int = 16
+    @Option(help: "Images (per class with --class all; default 16, text pipelines 1).")
+    var count: Int?
 
     @Option(help: "DDIM eta.")
     var eta: Float = 0
@@ -121,11 +145,17 @@ struct Generate: ParsableCommand {
             help: ArgumentHelp("img2img: start from this PNG (8-bit, the model's height x width).", valueName: "png"))
     var initImage: String?
 
-    @Option(help: "img2img strength in (0, 1]: the share of the steps run from the noised --init image (default 0.8).")
+    @Option(help: "img2img / inpainting strength in (0, 1]: the share of the steps run from the noised --init image (default 0.8; inpainting 1).")
     var strength: Double?
 
+    @Option(help: ArgumentHelp("Inpainting: a PNG mask of the image's size, white = repaint (needs --init).", valueName: "png"))
+    var mask: String?
+
     func validate() throws {
-        guard count >= 1 && count <= 4096 else { throw ValidationError("--count must be between 1 and 4096") }
+        if let count { guard count >= 1 && count <= 4096 else { throw ValidationError("--count must be between 1 and 4096") } }
+        guard width >= 0, height >= 0, width <= 16384, height <= 16384 else { throw ValidationError("--width and --height must be between 1 and 16384") }
+        guard clipSkip >= 0 else { throw ValidationError("--clip-skip must be >= 0") }
+        if mask != nil, initImage == nil { throw ValidationError("--mask needs --init (the image to inpaint)") }
         guard steps >= 0 else { throw ValidationError("--steps must be positive") }
         guard scale >= 0 && scale <= 64 else { throw ValidationError("--scale must be between 1 and 64") }
         if let strength {
@@ -140,17 +170,23 @@ struct Generate: ParsableCommand {
 
     func generate() throws {
         let model = try modelOption.load()
-        let config = model.info
+        let info = model.info
+        let text = model.latent != nil
+        let count = self.count ?? (text ? 1 : 16)
+        let guidance = self.guidance ?? (text ? 7.5 : 1)
+        if !text, prompt != nil || negativePrompt != nil {
+            throw DiffusionError(.invalidArgument, "--prompt: this model is not a text-to-image pipeline")
+        }
         // Labels per image, and the number of grid rows.
         var labels: [Int]? = nil
         var rows = Int(Double(count).squareRoot().rounded(.up))
         var columns = (count + rows - 1) / rows
         var batch = count
         if let c = classLabel {
-            guard let classes = config.numClassEmbeds else {
+            guard let classes = info.numClassEmbeds else {
                 throw DiffusionError(.invalidArgument, "--class: this model is not class-conditional")
             }
-            let nullIsLast = config.nullClassLabel == classes - 1
+            let nullIsLast = info.nullClassLabel == classes - 1
             let real: Int = nullIsLast ? classes - 1 : classes
             if c == "all" {
                 labels = (0..<real).flatMap { [Int](repeating: $0, count: count) }
@@ -162,7 +198,7 @@ struct Generate: ParsableCommand {
             } else {
                 throw DiffusionError(.invalidArgument, "--class \(c) is not a label in [0, \(classes)) or \"all\"")
             }
-        } else if config.numClassEmbeds != nil, guidance != 1 {
+        } else if info.numClassEmbeds != nil, guidance != 1 {
             throw DiffusionError(.invalidArgument, "--guidance needs --class")
         }
 
@@ -177,119 +213,86 @@ struct Generate: ParsableCommand {
         p.seed = seed
         p.batch = batch
         p.eta = eta
+        p.height = height
+        p.width = width
+        p.prompt = prompt
+        p.negativePrompt = negativePrompt
+        p.clipSkip = clipSkip
+        let progress = Progress(enabled: isatty(STDERR_FILENO) != 0)
+        if text { progress.stage("encoding the prompt") }
         let sampler = try Sampler(model: model, params: p)
         if let labels {
             let (conditional, unconditional) = try model.classConditioning(labels, batch: batch)
             sampler.setConditioning(conditional, unconditional: unconditional)
         }
         try sampler.setGuidanceScale(guidance)
+        if guidanceRescale != 0 { try sampler.setGuidanceRescale(guidanceRescale) }
+        let f = info.vaeScaleFactor
+        let (imageHeight, imageWidth) = (sampler.height * f, sampler.width * f)
+        let imageChannels = model.imageChannels
         if let initImage {
-            let x0 = try initSample(initImage, channels: sampler.channels, height: sampler.height, width: sampler.width)
-            try sampler.setInitImage(x0, count: x0.count, strength: strength ?? 0.8)
+            if text { progress.stage("encoding the image") }
+            let x0 = try initSample(initImage, channels: imageChannels, height: imageHeight, width: imageWidth)
+            let image = Tensor(n: 1, c: imageChannels, h: imageHeight, w: imageWidth)
+            x0.withUnsafeBufferPointer { image.data.update(from: $0.baseAddress!, count: x0.count) }
+            if let mask {
+                let m = try maskValues(mask, height: imageHeight, width: imageWidth)
+                try model.setInpainting(image: image, mask: m, strength: strength ?? 1, on: sampler)
+            } else {
+                try model.setInitImage(image, strength: strength ?? 0.8, on: sampler)
+            }
         }
 
-        let tty = isatty(STDERR_FILENO) != 0
         let start = monotonicSeconds()
         try sampler.run { step, total, _ in
-            if tty {
-                let width = 30, filled = width * step / total
-                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-                fputs("\r[\(bar)] \(step)/\(total)", stderr)
-                if step == total { fputs("\n", stderr) }
-            }
+            progress.step(step, of: total)
             return true
         }
         let seconds = monotonicSeconds() - start
-
-        var pixels = [UInt8](repeating: 0, count: sampler.count)
+        if text { progress.stage("decoding") }
         let decoded = try model.decode(sampler.sample)
+        progress.done()
+
+        var pixels = [UInt8](repeating: 0, count: decoded.count)
         pixels.withUnsafeMutableBufferPointer { pixelBytes(decoded, into: $0.baseAddress!) }
-        let channels = sampler.channels == 1 || sampler.channels == 3 ? sampler.channels : 1
-        let s = scale > 0 ? scale : max(1, (64 + sampler.height - 1) / sampler.height)
-        let grid = Grid(rows: rows, columns: columns, height: sampler.height, width: sampler.width,
-                        channels: channels, scale: s)
-        let image = grid.compose(pixels, batch: batch, sourceChannels: sampler.channels)
+        let channels = imageChannels == 1 || imageChannels == 3 ? imageChannels : 1
+        let s = scale > 0 ? scale : max(1, (64 + imageHeight - 1) / imageHeight)
+        let grid = Grid(rows: rows, columns: columns, height: imageHeight, width: imageWidth, channels: channels, scale: s)
+        let image = grid.compose(pixels, batch: batch, sourceChannels: imageChannels)
         try write(PNG.encode(pixels: image, width: grid.pixelWidth, height: grid.pixelHeight, channels: channels),
                   to: output)
-        let from = initImage.map { " from \($0) at strength \(strength ?? 0.8)" } ?? ""
+        let from = initImage.map { " from \($0) at strength \(strength ?? (mask == nil ? 0.8 : 1))" } ?? ""
         print("wrote \(output) (\(batch) images, \(rows)x\(columns) grid, \(sampler.totalSteps) steps\(from), " +
               "\(format2(seconds)) s)")
     }
 }
 
-/// img2img's x_0 from a PNG: one NCHW image for the whole batch, in the model's channels
-/// (gray replicated to RGB; RGB to gray as PIL's convert("L")), x_0 = 2 * (p / 255) - 1 as diffusers.
-func initSample(_ path: String, channels: Int, height: Int, width: Int) throws -> [Float] {
-    guard channels == 1 || channels == 3 else {
-        throw DiffusionError(.unsupported, "--init: the model has \(channels) channels; an image can start only 1- or 3-channel models")
-    }
-    let image = try PNGDecoder.read(path) { w, h in
-        guard w == width && h == height else {
-            throw DiffusionError(.invalidArgument, "--init \(path): the image is \(w)x\(h) but the model makes \(width)x\(height) images (width x height; no resizing)")
-        }
-    }
-    let hw = height * width, p = image.pixels
-    var x = [Float](repeating: 0, count: channels * hw)
-    for i in 0..<hw {
-        for ch in 0..<channels {
-            let value: UInt8
-            if image.channels == channels {
-                value = p[i * channels + ch]
-            } else if channels == 3 {
-                value = p[i]  // gray -> RGB
-            } else {
-                // PIL's rgb2l: ITU-R 601-2 weights in 16-bit fixed point, rounded (L24(rgb) >> 16)
-                let r = Int(p[i * 3]), g = Int(p[i * 3 + 1]), b = Int(p[i * 3 + 2])
-                value = UInt8((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16)
-            }
-            x[ch * hw + i] = 2 * (Float(value) / 255) - 1
-        }
-    }
-    return x
-}
+/// The progress line on a terminal: stage, step, seconds per step and the time left.
+final class Progress {
+    let enabled: Bool
+    private var stepStart = monotonicSeconds()
+    private var firstStep: Double? = nil
 
-/// Images laid out row by row with a 2-pixel gap, each scaled up by nearest neighbour.
-struct Grid {
-    let rows: Int, columns: Int, height: Int, width: Int, channels: Int, scale: Int
-    let gap = 2
-    var pixelWidth: Int { columns * width * scale + (columns + 1) * gap }
-    var pixelHeight: Int { rows * height * scale + (rows + 1) * gap }
+    init(enabled: Bool) { self.enabled = enabled }
 
-    func compose(_ nhwc: [UInt8], batch: Int, sourceChannels: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 255, count: pixelWidth * pixelHeight * channels)
-        for i in 0..<min(batch, rows * columns) {
-            let r = i / columns, c = i % columns
-            let x0 = gap + c * (width * scale + gap), y0 = gap + r * (height * scale + gap)
-            for y in 0..<(height * scale) {
-                for x in 0..<(width * scale) {
-                    let src = ((i * height + y / scale) * width + x / scale) * sourceChannels
-                    let dst = ((y0 + y) * pixelWidth + x0 + x) * channels
-                    for ch in 0..<channels { out[dst + ch] = nhwc[src + ch] }
-                }
-            }
-        }
-        return out
+    func stage(_ name: String) {
+        guard enabled else { return }
+        fputs("\r\u{1B}[K\(name)...", stderr)
     }
-}
 
-func write(_ bytes: [UInt8], to path: String) throws {
-    guard let f = fopen(path, "wb") else {
-        throw DiffusionError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+    func step(_ step: Int, of total: Int) {
+        guard enabled else { return }
+        let now = monotonicSeconds()
+        if firstStep == nil { firstStep = stepStart }
+        let perStep = (now - (firstStep ?? now)) / Double(max(step, 1))
+        let width = 30, filled = width * step / max(total, 1)
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        fputs("\r\u{1B}[Ksampling [\(bar)] \(step)/\(total)  \(format2(perStep)) s/it  ETA \(format2(perStep * Double(total - step))) s", stderr)
+        stepStart = now
     }
-    defer { fclose(f) }
-    guard bytes.withUnsafeBytes({ fwrite($0.baseAddress, 1, $0.count, f) }) == bytes.count else {
-        throw DiffusionError(.io, "cannot write \(path): \(String(cString: strerror(errno)))")
+
+    func done() {
+        guard enabled else { return }
+        fputs("\r\u{1B}[K", stderr)
     }
-}
-
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
-func format2(_ x: Double) -> String {
-    let hundredths = Int((x * 100).rounded())
-    let frac = hundredths % 100
-    return "\(hundredths / 100).\(frac < 10 ? "0" : "")\(frac)"
 }

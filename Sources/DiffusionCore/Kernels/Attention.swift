@@ -33,18 +33,38 @@ func spatialAttention(q: Tensor, k: Tensor, v: Tensor, heads: Int, threads: Int)
     return out
 }
 
+/// row = softmax(row) over `count` values, in float32: max, exp(x − max) with exp16 (~1 ulp), sum,
+/// scale. -inf entries (masked keys) give 0.
 @inline(__always)
 func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
-    var m = -Float.infinity
-    for j in 0..<count { m = max(m, row[j]) }
-    var sum: Float = 0
-    for j in 0..<count {
-        let e = expf(row[j] - m)
-        row[j] = e
-        sum += e
+    let raw = UnsafeMutableRawPointer(row)
+    var m16 = SIMD16<Float>(repeating: -.infinity)
+    var j = 0
+    while j + 16 <= count {
+        // compare + blend: pointwiseMax goes lane by lane (NaN-aware)
+        let v = raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self)
+        m16.replace(with: v, where: v .> m16)
+        j += 16
     }
+    var m = m16.max()
+    while j < count { m = max(m, row[j]); j += 1 }
+    var s16 = SIMD16<Float>(repeating: 0)
+    j = 0
+    while j + 16 <= count {
+        let e = exp16(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m)
+        raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD16<Float>.self)
+        s16 += e
+        j += 16
+    }
+    var sum = s16.sum()
+    while j < count { let e = expf(row[j] - m); row[j] = e; sum += e; j += 1 }
     let inv = 1 / sum
-    for j in 0..<count { row[j] *= inv }
+    j = 0
+    while j + 16 <= count {
+        raw.storeBytes(of: raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) * inv, toByteOffset: 4 * j, as: SIMD16<Float>.self)
+        j += 16
+    }
+    while j < count { row[j] *= inv; j += 1 }
 }
 
 /// Multi-head scaled dot-product attention over token rows, with keys of any length:
@@ -57,7 +77,7 @@ func attention(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: 
                out: UnsafeMutablePointer<Float>, ldo: Int, batch: Int, queries: Int, keys: Int, heads: Int, headDim d: Int,
                causal: Bool = false, threads: Int) {
     let scale = 1 / Float(d).squareRoot()
-    let rowBlock = 64
+    let rowBlock = 256
     let blocks = (queries + rowBlock - 1) / rowBlock
     parallelFor(batch * heads * blocks, threads: threads) { job in
         let b = job / (heads * blocks), h = (job / blocks) % heads

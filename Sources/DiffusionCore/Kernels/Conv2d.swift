@@ -24,7 +24,7 @@ public struct Conv2d {
     /// single-threaded OpenBLAS call on one of our threads.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         precondition(x.c == cin, "conv input channels")
-        return weight.withFloats { convolve(x, weight: $0, threads: threads) }
+        return weight.withFloats(threads: threads) { convolve(x, weight: $0, threads: threads) }
     }
 
     /// The most one im2col matrix may take: larger images are done in bands of output rows.

@@ -25,7 +25,7 @@ public struct Linear {
         let rowTiles = (rows + rowTile - 1) / rowTile
         let colSplit = rows <= rowTile ? max(1, min(8, outFeatures / 256)) : 1
         let colTile = (outFeatures + colSplit - 1) / colSplit
-        weight.withFloats { w in
+        weight.withFloats(threads: threads) { w in
             parallelFor(rowTiles * colSplit, threads: threads) { job in
                 let r0 = (job / colSplit) * rowTile, m = min(rowTile, rows - r0)
                 let c0 = (job % colSplit) * colTile, n = min(colTile, outFeatures - c0)

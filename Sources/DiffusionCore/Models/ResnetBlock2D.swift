@@ -1,17 +1,21 @@
-/// diffusers `ResnetBlock2D` (conv_shortcut 1x1 when channels change, no up/down sampling).
+/// diffusers `ResnetBlock2D` (conv_shortcut 1x1 when channels change, no up/down sampling). With
+/// `tembDim` nil it has no time-embedding projection (diffusers' temb_channels=None: the VAE's
+/// resnets), and is called without an embedding.
 struct ResnetBlock2D {
     let norm1: GroupNorm, conv1: Conv2d
-    let timeProj: Linear
+    let timeProj: Linear?
     let norm2: GroupNorm, conv2: Conv2d
     let shortcut: Conv2d?
     let scaleShift: Bool
     let inverseOutputScale: Float
 
-    init(_ w: WeightLoader, _ p: String, cin: Int, cout: Int, tembDim: Int, groups: Int, eps: Double,
+    init(_ w: WeightLoader, _ p: String, cin: Int, cout: Int, tembDim: Int?, groups: Int, eps: Double,
          scaleShift: Bool, outputScale: Double) throws {
         norm1 = try w.groupNorm("\(p).norm1", groups: groups, channels: cin, eps: eps)
         conv1 = try w.conv3x3("\(p).conv1", cin: cin, cout: cout)
-        timeProj = try w.linear("\(p).time_emb_proj", inFeatures: tembDim, outFeatures: scaleShift ? 2 * cout : cout)
+        timeProj = try tembDim.map {
+            try w.linear("\(p).time_emb_proj", inFeatures: $0, outFeatures: scaleShift ? 2 * cout : cout)
+        }
         norm2 = try w.groupNorm("\(p).norm2", groups: groups, channels: cout, eps: eps)
         conv2 = try w.conv3x3("\(p).conv2", cin: cout, cout: cout)
         shortcut = cin != cout ? try w.conv1x1("\(p).conv_shortcut", cin: cin, cout: cout) : nil
@@ -19,32 +23,43 @@ struct ResnetBlock2D {
         inverseOutputScale = Float(1 / outputScale)
     }
 
-    /// `activatedEmb` is silu(emb), [n, tembDim].
-    func callAsFunction(_ x: Tensor, activatedEmb: [Float], threads: Int) -> Tensor {
+    /// A block without time embedding (temb_channels None).
+    init(_ w: WeightLoader, _ p: String, cin: Int, cout: Int, groups: Int, eps: Double, outputScale: Double = 1) throws {
+        try self.init(w, p, cin: cin, cout: cout, tembDim: nil, groups: groups, eps: eps, scaleShift: false,
+                      outputScale: outputScale)
+    }
+
+    /// `activatedEmb` is silu(emb), [n, tembDim], for a block with a time projection; nil (or
+    /// ignored) for one without.
+    func callAsFunction(_ x: Tensor, activatedEmb: [Float]?, threads: Int) -> Tensor {
         var h = norm1(x, silu: true, threads: threads)
         h = conv1(h, threads: threads)
-        let t = activatedEmb.withUnsafeBufferPointer { timeProj($0.baseAddress!, rows: x.n) }
         let c = h.c, hw = h.hw
-        if !scaleShift {
-            // h = h + temb[:, :, None, None]; then norm2 and act
-            for i in 0..<h.n {
-                for ch in 0..<c {
-                    let v = t[i * c + ch]
-                    let row = h.data + (i * c + ch) * hw
-                    for j in 0..<hw { row[j] += v }
+        if let timeProj, let emb = activatedEmb {
+            let t = emb.withUnsafeBufferPointer { timeProj($0.baseAddress!, rows: x.n) }
+            if !scaleShift {
+                // h = h + temb[:, :, None, None]; then norm2 and act
+                for i in 0..<h.n {
+                    for ch in 0..<c {
+                        let v = t[i * c + ch]
+                        let row = h.data + (i * c + ch) * hw
+                        for j in 0..<hw { row[j] += v }
+                    }
+                }
+                h = norm2(h, silu: true, threads: threads)
+            } else {
+                // h = act(norm2(h) * (1 + scale) + shift)
+                h = norm2(h, threads: threads)
+                for i in 0..<h.n {
+                    for ch in 0..<c {
+                        let scale = 1 + t[i * 2 * c + ch], shift = t[i * 2 * c + c + ch]
+                        let row = h.data + (i * c + ch) * hw
+                        for j in 0..<hw { row[j] = siluScalar(row[j] * scale + shift) }
+                    }
                 }
             }
-            h = norm2(h, silu: true, threads: threads)
         } else {
-            // h = act(norm2(h) * (1 + scale) + shift)
-            h = norm2(h, threads: threads)
-            for i in 0..<h.n {
-                for ch in 0..<c {
-                    let scale = 1 + t[i * 2 * c + ch], shift = t[i * 2 * c + c + ch]
-                    let row = h.data + (i * c + ch) * hw
-                    for j in 0..<hw { row[j] = siluScalar(row[j] * scale + shift) }
-                }
-            }
+            h = norm2(h, silu: true, threads: threads)
         }
         h = conv2(h, threads: threads)
         let residual = shortcut.map { $0(x, threads: threads) } ?? x
@@ -53,6 +68,10 @@ struct ResnetBlock2D {
         let a = residual.data, b = h.data, o = out.data, s = inverseOutputScale
         for j in 0..<out.count { o[j] = (a[j] + b[j]) * s }
         return out
+    }
+
+    func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
+        callAsFunction(x, activatedEmb: nil, threads: threads)
     }
 }
 

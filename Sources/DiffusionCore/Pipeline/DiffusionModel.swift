@@ -23,10 +23,14 @@ public final class DiffusionModel {
     public let denoiser: Denoiser
     /// The pixel-space network (UNet2DModel pipelines).
     public let pixelUNet: UNet2DModel?
-    /// Stable Diffusion's network (UNet2DConditionModel).
+    /// Stable Diffusion's network (UNet2DConditionModel) and the components around it.
     public let conditionUNet: UNet2DConditionModel?
+    public let latent: LatentPipeline?
     /// scheduler_config.json as stored (nil if the folder has none).
     public let schedulerJSON: JSONValue?
+    /// diffusers' Stable Diffusion pipelines rewrite outdated scheduler configs when they load
+    /// (steps_offset → 1, clip_sample → false; the inpainting pipeline also skip_prk_steps → true).
+    private let schedulerRewrites: [(String, JSONValue)]
     /// The scheduler named by scheduler_config.json's _class_name; "ddpm" if absent.
     public let defaultScheduler: String
     public let threads: Int
@@ -38,6 +42,9 @@ public final class DiffusionModel {
     /// or a pipeline folder (model_index.json + unet/ [+ scheduler/ and the other components]).
     public init(path: String, threads: Int, preferFP16: Bool = false) throws {
         let folder = try PipelineFolder(path: path, preferFP16: preferFP16)
+        if let cls = folder.pipelineClass, !DiffusionModel.pipelineClasses.contains(cls) {
+            throw DiffusionError(.unsupported, "\(path)/model_index.json: _class_name \"\(cls)\" is not supported (supported: \(DiffusionModel.pipelineClasses.sorted().joined(separator: ", ")))")
+        }
         let (unetJSON, configPath) = try folder.config("unet")
         let className = unetJSON["_class_name"]?.stringValue ?? "UNet2DModel"
         let weights = try folder.weights("unet", stem: "diffusion_pytorch_model")
@@ -48,19 +55,32 @@ public final class DiffusionModel {
             case "UNet2DModel":
                 let config = try UNet2DConfig(json: unetJSON)
                 let unet = try UNet2DModel(config: config, weights: weights)
-                pixelUNet = unet; conditionUNet = nil; denoiser = unet
+                pixelUNet = unet; conditionUNet = nil; latent = nil; denoiser = unet
                 info.inChannels = config.inChannels; info.outChannels = config.outChannels
                 info.sampleHeight = config.sampleHeight; info.sampleWidth = config.sampleWidth
                 info.numClassEmbeds = config.numClassEmbeds; info.nullClassLabel = config.nullClassLabel
                 info.latentChannels = config.inChannels
                 unetConfigJSON = config.json
             case "UNet2DConditionModel":
-                let config = try UNet2DConditionConfig(json: unetJSON)
+                var config = try UNet2DConditionConfig(json: unetJSON)
+                // diffusers' StableDiffusionPipeline raises sample_size < 64 to 64 for configs
+                // written before diffusers 0.9 (the first SD1 repos said 32).
+                if let version = unetJSON["_diffusers_version"]?.stringValue, DiffusionModel.isBefore0_9(version),
+                   let h = config.sampleHeight, h < 64 {
+                    config.sampleHeight = 64; config.sampleWidth = 64
+                }
                 let unet = try UNet2DConditionModel(config: config, weights: weights)
-                pixelUNet = nil; conditionUNet = unet; denoiser = unet
+                guard folder.isPipeline else {
+                    throw DiffusionError(.unsupported, "a UNet2DConditionModel needs its pipeline folder (model_index.json with text_encoder/, tokenizer/, vae/); \(path) is a lone model folder")
+                }
+                let components = try LatentPipeline(folder: folder, unet: config)
+                pixelUNet = nil; conditionUNet = unet; latent = components; denoiser = unet
                 info.inChannels = config.inChannels; info.outChannels = config.outChannels
                 info.latentChannels = config.outChannels
-                info.sampleHeight = config.sampleHeight; info.sampleWidth = config.sampleWidth
+                info.vaeScaleFactor = components.vaeScaleFactor
+                info.sampleHeight = config.sampleHeight.map { $0 * components.vaeScaleFactor }
+                info.sampleWidth = config.sampleWidth.map { $0 * components.vaeScaleFactor }
+                info.contextLength = components.tokenizer.modelMaxLength
                 info.contextWidth = config.crossAttentionDim
                 unetConfigJSON = config.json
             default:
@@ -90,12 +110,44 @@ public final class DiffusionModel {
             schedulerJSON = nil
         }
         defaultScheduler = name
+        var rewrites: [(String, JSONValue)] = []
+        if conditionUNet != nil {
+            let reads = Set(SchedulerRegistry.shared + (SchedulerRegistry.entries.first { $0.name == name }?.settings ?? []))
+            if reads.contains("steps_offset"), scheduler.stepsOffset != 1 { rewrites.append(("steps_offset", .number(1))) }
+            if reads.contains("clip_sample"), scheduler.clipSample { rewrites.append(("clip_sample", .bool(false))) }
+            if folder.pipelineClass == "StableDiffusionInpaintPipeline", reads.contains("skip_prk_steps"),
+               schedulerJSON?["skip_prk_steps"]?.boolValue != true {
+                rewrites.append(("skip_prk_steps", .bool(true)))
+            }
+        }
+        schedulerRewrites = rewrites
+        if !rewrites.isEmpty { try scheduler.apply(.object(rewrites)) }
         self.threads = threads > 0 ? threads : cpuCount()
         self.info = info
         var schedulerOut = scheduler.json.objectValue ?? []
         let schedulerClass = SchedulerRegistry.entries.first { $0.name == name }.map(\.diffusersClass) ?? name
         schedulerOut.insert(("_class_name", .string(schedulerClass)), at: 0)
         configJSON = JSONValue.object([("unet", unetConfigJSON), ("scheduler", .object(schedulerOut))]).serialized
+    }
+
+    /// model_index.json classes this library runs (a pipeline's components, whatever its task).
+    static let pipelineClasses: Set = ["DDPMPipeline", "DDIMPipeline", "StableDiffusionPipeline",
+                                       "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"]
+
+    static func isBefore0_9(_ version: String) -> Bool {
+        let parts = version.split(separator: ".").map { Int($0.prefix { $0.isNumber }) ?? 0 }
+        return (parts.first ?? 0) == 0 && (parts.count > 1 ? parts[1] : 0) < 9
+    }
+
+    /// The stored scheduler settings a sampler with scheduler `name` starts from: the folder's file
+    /// with the pipeline's load-time rewrites. A scheduler swapped in (diffusers' from_config) keeps a
+    /// rewrite only for keys the file holds: from_config drops the keys the file lacked.
+    func schedulerSettings(for name: String) -> JSONValue? {
+        guard !schedulerRewrites.isEmpty, case .object(var members) = schedulerJSON ?? .object([]) else { return schedulerJSON }
+        for (key, value) in schedulerRewrites where name == defaultScheduler || schedulerJSON?[key] != nil {
+            members.append((key, value))
+        }
+        return .object(members)
     }
 
     /// Pixels per side that every image size must be a multiple of.
@@ -151,6 +203,13 @@ public final class DiffusionModel {
                                 width: width / info.vaeScaleFactor)
         // Guidance may double the batch later; the check is repeated at every evaluation.
         try checkMemory(batch: p.batch, height: shape.height, width: shape.width)
+        if let latent {
+            let cond = try latent.encodePrompts([p.prompt ?? ""], clipSkip: p.clipSkip, threads: threads)
+            // clip_skip applies to the prompt only, never to the negative prompt (diffusers).
+            let uncond = try latent.encodePrompts([p.negativePrompt ?? ""], clipSkip: 0, threads: threads)
+            return (shape, Conditioning(context: cond.repeatingEach(p.batch)),
+                    Conditioning(context: uncond.repeatingEach(p.batch)), "")
+        }
         if pixelUNet?.config.hasClassEmbedding == true {
             let (c, u) = try classConditioning([0], batch: p.batch)
             return (shape, c, u, "a class-conditional model whose config.json names its _null_class_label; this model has none (use 1)")
@@ -180,6 +239,14 @@ public final class DiffusionModel {
     /// Channels of the decoded images.
     public var imageChannels: Int { conditionUNet != nil ? 3 : info.latentChannels }
 
-    /// Images in [-1, 1] (NCHW) from samples x_0: the identity for a pixel-space model.
-    public func decode(_ latents: Tensor) throws -> Tensor { latents }
+    /// Images in [-1, 1] (NCHW) from samples x_0: the VAE's decode for a latent model, the
+    /// identity for a pixel-space one.
+    public func decode(_ latents: Tensor) throws -> Tensor {
+        guard let latent else { return latents }
+        guard latents.c == info.latentChannels else {
+            throw DiffusionError(.invalidArgument, "latents have \(latents.c) channels, the VAE takes \(info.latentChannels)")
+        }
+        try checkMemory(batch: latents.n, height: latents.h, width: latents.w)
+        return try latent.decode(latents, threads: threads)
+    }
 }

@@ -15,6 +15,10 @@ public struct SamplerParams {
     public var width = 0
     public var eta: Float = 0
     public var schedulerOverrides: JSONValue? = nil
+    /// Text pipelines: the prompt and negative prompt (nil: ""), and CLIP layers to skip (0: none).
+    public var prompt: String? = nil
+    public var negativePrompt: String? = nil
+    public var clipSkip = 0
     public init() {}
 }
 
@@ -41,6 +45,13 @@ public final class Sampler {
     public private(set) var iteration = 0
     public private(set) var firstIteration = 0
     private var generator: TorchGenerator
+    private let seed: UInt64
+    /// Text pipelines guide only above 1 and may rescale the guided prediction (diffusers' rules).
+    private let guidesAboveOneOnly: Bool
+    public private(set) var guidanceRescale: Float = 0
+    /// Inpainting with a UNet of x_t's channels: after each step the known region (mask 0) is
+    /// replaced by the image latents noised to the next step's level (the clean latents at the end).
+    private var blend: (imageLatents: [Float], mask: [Float])? = nil
     /// The unit-variance start noise (x_T / init_noise_sigma, or img2img's noise).
     private var startNoise: [Float]
     private var initImage: [Float]? = nil
@@ -68,9 +79,9 @@ public final class Sampler {
     public convenience init(model: DiffusionModel, params p: SamplerParams) throws {
         let setup = try model.samplerSetup(p)
         try self.init(model: model, network: model.denoiser, threads: model.threads, shape: setup.shape, params: p,
-                      stored: model.schedulerJSON, defaultScheduler: model.defaultScheduler,
+                      stored: model.schedulerSettings(for:), defaultScheduler: model.defaultScheduler,
                       conditional: setup.conditional, unconditional: setup.unconditional,
-                      noUnconditionalReason: setup.noUnconditionalReason)
+                      noUnconditionalReason: setup.noUnconditionalReason, guidesAboveOneOnly: model.latent != nil)
         let outFactor = scheduler.modelOutputChannelFactor
         let (inC, outC) = (network.sampleChannels, network.outChannels)
         guard outC == inC * outFactor else {
@@ -92,15 +103,17 @@ public final class Sampler {
         let network = CallbackDenoiser(denoiser, channels: p.channels)
         try self.init(model: nil, network: network, threads: 1,
                       shape: SampleShape(batch: p.batch, channels: p.channels, height: p.height, width: p.width),
-                      params: p, stored: nil, defaultScheduler: "ddpm", conditional: .none, unconditional: nil,
-                      noUnconditionalReason: "a caller's denoiser applies its own guidance (use 1)")
+                      params: p, stored: { _ in nil }, defaultScheduler: "ddpm", conditional: .none, unconditional: nil,
+                      noUnconditionalReason: "a caller's denoiser applies its own guidance (use 1)", guidesAboveOneOnly: false)
         network.outChannels = p.channels * scheduler.modelOutputChannelFactor
     }
 
     private init(model: DiffusionModel?, network: Denoiser, threads: Int, shape: SampleShape, params p: SamplerParams,
-                 stored: JSONValue?, defaultScheduler: String, conditional: Conditioning, unconditional: Conditioning?,
-                 noUnconditionalReason: String) throws {
+                 stored: (String) -> JSONValue?, defaultScheduler: String, conditional: Conditioning, unconditional: Conditioning?,
+                 noUnconditionalReason: String, guidesAboveOneOnly: Bool) throws {
         self.model = model
+        self.guidesAboveOneOnly = guidesAboveOneOnly
+        seed = p.seed
         self.network = network
         self.threads = threads
         self.conditional = conditional
@@ -113,7 +126,7 @@ public final class Sampler {
             throw DiffusionError(.invalidArgument, "unknown scheduler \"\(requested)\" (known: \(SchedulerRegistry.knownNames); see diffusion_scheduler_names)")
         }
         var config = SchedulerConfig(for: name)
-        if let stored { try config.apply(stored) }
+        if let stored = stored(name) { try config.apply(stored) }
         do {
             if !implied.isEmpty { try config.apply(.object(implied)) }
             if let overrides = p.schedulerOverrides { try config.apply(overrides) }
@@ -159,6 +172,20 @@ public final class Sampler {
         guidanceScale = scale
     }
 
+    /// diffusers' guidance_rescale φ in [0, 1] (Lin et al. 2023, §3.4): the guided prediction is
+    /// mixed with itself rescaled to the conditional prediction's standard deviation per sample.
+    public func setGuidanceRescale(_ rescale: Float) throws {
+        guard rescale.isFinite, rescale >= 0, rescale <= 1 else {
+            throw DiffusionError(.invalidArgument, "guidance rescale \(rescale) must be in [0, 1]")
+        }
+        guidanceRescale = rescale
+    }
+
+    /// Whether a step evaluates the unconditional input too.
+    private var guides: Bool {
+        unconditional != nil && (guidesAboveOneOnly ? guidanceScale > 1 : guidanceScale != 1)
+    }
+
     /// Replaces what conditions the network (e.g. other class labels), before or between steps.
     public func setConditioning(_ conditional: Conditioning, unconditional: Conditioning?) {
         self.conditional = conditional
@@ -179,20 +206,63 @@ public final class Sampler {
         guard n == count || n == shape.perSample else {
             throw DiffusionError(.invalidArgument, "init image has \(n) values, expected \(count) (batch x channels x height x width) or \(shape.perSample) (one image for the whole batch)")
         }
-        guard strength.isFinite, strength > 0, strength <= 1 else {
-            throw DiffusionError(.invalidArgument, "strength \(strength) must be in (0, 1]")
-        }
-        // init_timestep = min(int(steps * strength), steps); t_start = steps - init_timestep
-        let initTimestep = min(Int(Double(inferenceSteps) * strength), inferenceSteps)
-        let begin = max(inferenceSteps - initTimestep, 0) * scheduler.order
-        guard begin < scheduler.timesteps.count else {
-            throw DiffusionError(.invalidArgument, "strength \(strength) leaves no step of \(inferenceSteps) (needs strength >= \(1 / Double(inferenceSteps)))")
-        }
+        let begin = try firstIteration(strength: strength)
         var x = [Float](repeating: 0, count: count)
         for b in 0..<(n == count ? 1 : batch) { (0..<n).forEach { x[b * n + $0] = image[$0] } }
         initImage = x
         firstIteration = begin
         iteration = begin
+        resetStart()
+    }
+
+    /// diffusers' get_timesteps: init_timestep = min(int(steps · strength), steps), the first
+    /// (steps − init_timestep) · order iterations skipped.
+    private func firstIteration(strength: Double) throws -> Int {
+        guard strength.isFinite, strength > 0, strength <= 1 else {
+            throw DiffusionError(.invalidArgument, "strength \(strength) must be in (0, 1]")
+        }
+        let initTimestep = min(Int(Double(inferenceSteps) * strength), inferenceSteps)
+        let begin = max(inferenceSteps - initTimestep, 0) * scheduler.order
+        guard begin < scheduler.timesteps.count else {
+            throw DiffusionError(.invalidArgument, "strength \(strength) leaves no step of \(inferenceSteps) (needs strength >= \(1 / Double(inferenceSteps)))")
+        }
+        return begin
+    }
+
+    /// Draws the sampler's randomness again in a latent pipeline's order: `before` draws what
+    /// precedes the start noise (img2img's and inpainting's posterior sample of the image), then the
+    /// start noise, then `after` (inpainting's sample of the masked image). Before the first step.
+    public func redrawNoise(before: (inout TorchGenerator) throws -> Void,
+                            after: (inout TorchGenerator) throws -> Void) throws {
+        try checkNotStarted("an init image or mask")
+        var g = TorchGenerator(seed: seed)
+        try before(&g)
+        startNoise.withUnsafeMutableBufferPointer { g.fillNormal($0) }
+        try after(&g)
+        generator = g
+        resetStart()
+    }
+
+    /// Inpainting over a UNet of x_t's channels (diffusers' StableDiffusionInpaintPipeline with a
+    /// 4-channel UNet): `imageLatents` [batch, C, h, w] and `mask` [batch, 1, h, w] (1 = repaint);
+    /// after each step x = (1 − m) · add_noise(image, start noise, next level) + m · x.
+    public func setBlend(imageLatents: [Float], mask: [Float]) throws {
+        try checkNotStarted("a mask")
+        guard imageLatents.count == count, mask.count == batch * height * width else {
+            throw DiffusionError(.invalidArgument, "inpainting latents/mask have \(imageLatents.count)/\(mask.count) values, expected \(count)/\(batch * height * width)")
+        }
+        blend = (imageLatents, mask)
+    }
+
+    /// Inpainting's strength: below 1 the run starts from `imageLatents` noised to the chosen level
+    /// (as img2img); 1 starts from noise. Before the first step.
+    public func setStrength(_ strength: Double, imageLatents: [Float]) throws {
+        try checkNotStarted("strength")
+        guard imageLatents.count == count else { throw DiffusionError(.internal, "image latents of the wrong size") }
+        let begin = try firstIteration(strength: strength)
+        initImage = strength < 1 ? imageLatents : nil
+        firstIteration = strength < 1 ? begin : 0
+        iteration = firstIteration
         resetStart()
     }
 
@@ -281,6 +351,20 @@ public final class Sampler {
         if !next.data.allFinite(count) {
             throw DiffusionError(.invalidArgument, "scheduler \(schedulerName) produced non-finite values at step \(stepIndex + 1) (timestep \(t)); its settings give degenerate noise levels")
         }
+        if let (image, mask) = blend {
+            // The known region: the image noised to the next step's level, the clean image after the last.
+            var known = image
+            if i + 1 < scheduler.timesteps.count {
+                known.withUnsafeMutableBufferPointer { k in
+                    scheduler.addNoise(original: image, noise: startNoise, count: count, index: i + 1, into: k.baseAddress!)
+                }
+            }
+            let hw = height * width
+            for k in 0..<count {
+                let m = mask[(k / (channels * hw)) * hw + k % hw]
+                next.data[k] = (1 - m) * known[k] + m * next.data[k]
+            }
+        }
         latents = next
         latentsChecked = true
         iteration += 1
@@ -309,7 +393,7 @@ public final class Sampler {
     /// (unconditional first, as diffusers). With learned variances (2C output channels) only the
     /// first C are guided; the variance channels come from the conditional half (as GLIDE and DiT).
     private func evaluate(_ x: Tensor, timestep t: Float) throws -> Tensor {
-        guard guidanceScale != 1, let unconditional else {
+        guard guides, let unconditional else {
             do {
                 return try network.predict(x, timesteps: [Float](repeating: t, count: batch), conditioning: conditional, threads: threads)
             } catch let e as DiffusionError where model == nil {
@@ -329,7 +413,26 @@ public final class Sampler {
                 guided.data[i] = k < guidedPer ? u + s * (c - u) : c
             }
         }
+        if guidanceRescale > 0 { rescaleGuided(guided, conditional: out.data + half) }
         return guided
+    }
+
+    /// diffusers' rescale_noise_cfg: per sample, std over (C, H, W) with Bessel's correction, as torch.
+    private func rescaleGuided(_ guided: Tensor, conditional text: UnsafePointer<Float>) {
+        let per = guided.count / batch, r = guidanceRescale
+        func std(_ p: UnsafePointer<Float>) -> Double {
+            var mean = 0.0
+            for k in 0..<per { mean += Double(p[k]) }
+            mean /= Double(per)
+            var ss = 0.0
+            for k in 0..<per { let d = Double(p[k]) - mean; ss += d * d }
+            return (ss / Double(max(per - 1, 1))).squareRoot()
+        }
+        for b in 0..<batch {
+            let g = guided.data + b * per
+            let factor = Float(std(text + b * per) / std(UnsafePointer(g)))
+            for k in 0..<per { g[k] = r * (g[k] * factor) + (1 - r) * g[k] }
+        }
     }
 
     /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels.
@@ -351,7 +454,7 @@ public final class Sampler {
 }
 
 extension UnsafeMutablePointer where Pointee == Float {
-    func allFinite(_ count: Int) -> Bool {
+    public func allFinite(_ count: Int) -> Bool {
         var ok = true
         for i in 0..<count { ok = ok && self[i].isFinite }
         return ok

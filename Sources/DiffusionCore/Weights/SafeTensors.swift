@@ -11,8 +11,12 @@ import Darwin
 // (offsets relative to the data section) plus an optional "__metadata__" string map.
 // Every byte is treated as hostile: see DESIGN.md §5. All checks happen in `init`; after it
 // returns, every TensorInfo's byte range lies inside the mapping and matches its shape.
+//
+// Tensors of a dtype the format defines but this library does not read (e.g. the int64
+// `position_ids` buffer of 2022 CLIP checkpoints) are validated like the others (shape, offsets)
+// and do not fail the load; only reading one fails (`.unsupported`, naming the tensor and dtype).
 
-/// The element types this library reads. Other safetensors dtypes are refused by name.
+/// The element types this library reads. Other safetensors dtypes are refused by name when read.
 public enum DType: String, Sendable {
     case f32 = "F32", f16 = "F16", bf16 = "BF16"
 
@@ -89,9 +93,20 @@ public struct TensorInfo: Sendable {
     public var count: Int { byteRange.count / dtype.byteSize }
 }
 
+/// A tensor of a dtype the safetensors format defines but this library does not read.
+struct UnreadableTensor {
+    let name: String
+    let dtype: String
+    let shape: [Int]
+    let byteRange: Range<Int>
+}
+
 public final class SafeTensorsFile {
     public let path: String
     private let tensors: [String: TensorInfo]
+    private let unreadable: [String: UnreadableTensor]
+    /// Every tensor in the file, sorted, including those of dtypes this library does not read
+    /// (for which `info` is nil).
     public let names: [String]
     public let metadata: [String: String]
 
@@ -104,11 +119,12 @@ public final class SafeTensorsFile {
     /// Safetensors headers larger than this are refused (the format's own reader caps at 100 MB).
     public static let maxHeaderLength = 100_000_000
 
-    /// dtype names the safetensors format defines; these are "unsupported", anything else is
-    /// "invalid".
-    private static let knownDTypes: Set<String> = [
-        "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F64", "C64",
-        "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
+    /// dtype names the safetensors format defines that this library does not read, with their
+    /// bits per element: such tensors may be present (and are validated) but not read. Any other
+    /// dtype name makes the file invalid.
+    private static let knownDTypeBits: [String: Int] = [
+        "BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "I32": 32, "U32": 32, "I64": 64, "U64": 64,
+        "F64": 64, "C64": 64, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
     ]
 
     /// Opens, maps and validates `path`. Throws `.io` if it cannot be read and `.invalidFile` /
@@ -152,7 +168,8 @@ public final class SafeTensorsFile {
         mapLength = size
         dataStart = parsed.dataStart
         tensors = parsed.tensors
-        names = parsed.tensors.keys.sorted()
+        unreadable = parsed.unreadable
+        names = (Array(parsed.tensors.keys) + Array(parsed.unreadable.keys)).sorted()
         metadata = parsed.metadata
     }
 
@@ -160,7 +177,11 @@ public final class SafeTensorsFile {
         munmap(mapBase, mapLength)
     }
 
+    /// The tensor's description, or nil when it is absent or of a dtype this library does not read.
     public func info(_ name: String) -> TensorInfo? { tensors[name] }
+
+    /// The dtype name as the file states it ("F16", "I64", ...), for any tensor in the file.
+    public func dtypeName(_ name: String) -> String? { tensors[name]?.dtype.rawValue ?? unreadable[name]?.dtype }
 
     /// The raw little-endian bytes of a tensor, valid as long as this object is alive.
     /// Not necessarily aligned to the element size.
@@ -172,6 +193,9 @@ public final class SafeTensorsFile {
     /// Looks `name` up and checks its shape.
     public func checkedInfo(_ name: String, shape: [Int]) throws -> TensorInfo {
         guard let t = tensors[name] else {
+            if let u = unreadable[name] {
+                throw DiffusionError(.unsupported, "tensor '\(name)' has dtype \(u.dtype), which this library does not read, in \(path)")
+            }
             throw DiffusionError(.modelMismatch, "missing tensor '\(name)' in \(path)")
         }
         guard t.shape == shape else {
@@ -211,6 +235,7 @@ public final class SafeTensorsFile {
     private struct Parsed {
         var dataStart: Int
         var tensors: [String: TensorInfo]
+        var unreadable: [String: UnreadableTensor]
         var metadata: [String: String]
     }
 
@@ -267,6 +292,9 @@ public final class SafeTensorsFile {
 
         var tensors: [String: TensorInfo] = [:]
         tensors.reserveCapacity(members.count)
+        var unreadable: [String: UnreadableTensor] = [:]
+        var ranges: [(range: Range<Int>, name: String)] = []
+        ranges.reserveCapacity(members.count)
         var metadata: [String: String] = [:]
         var seenMetadata = false
 
@@ -286,17 +314,24 @@ public final class SafeTensorsFile {
                 }
                 continue
             }
-            if tensors[name] != nil { throw bad("duplicate tensor name '\(show(name))'") }
-            tensors[name] = try parseEntry(name, value)
+            if tensors[name] != nil || unreadable[name] != nil { throw bad("duplicate tensor name '\(show(name))'") }
+            switch try parseEntry(name, value) {
+            case .readable(let t):
+                tensors[name] = t
+                ranges.append((t.byteRange, name))
+            case .unreadable(let u):
+                unreadable[name] = u
+                ranges.append((u.byteRange, name))
+            }
         }
 
         // Offsets: contiguous from 0, no holes, no overlaps, covering the data section exactly.
-        let sorted = tensors.values.sorted {
-            ($0.byteRange.lowerBound, $0.byteRange.upperBound, $0.name) < ($1.byteRange.lowerBound, $1.byteRange.upperBound, $1.name)
+        let sorted = ranges.sorted {
+            ($0.range.lowerBound, $0.range.upperBound, $0.name) < ($1.range.lowerBound, $1.range.upperBound, $1.name)
         }
         var expected = 0
         for t in sorted {
-            let r = t.byteRange
+            let r = t.range
             if r.lowerBound < expected {
                 throw bad("tensor '\(show(t.name))' data_offsets [\(r.lowerBound), \(r.upperBound)] overlap the previous tensor (which ends at \(expected))")
             }
@@ -311,7 +346,7 @@ public final class SafeTensorsFile {
             }
             throw bad("tensor data ends at byte \(expected) of the data section but the data section has \(dataSize) bytes (trailing bytes)")
         }
-        return Parsed(dataStart: dataStart, tensors: tensors, metadata: metadata)
+        return Parsed(dataStart: dataStart, tensors: tensors, unreadable: unreadable, metadata: metadata)
     }
 
     /// A JSON number that is a non-negative integer small enough to be exact, or nil.
@@ -320,7 +355,12 @@ public final class SafeTensorsFile {
         return Int(d)
     }
 
-    private static func parseEntry(_ name: String, _ value: JSONValue) throws -> TensorInfo {
+    private enum Entry {
+        case readable(TensorInfo)
+        case unreadable(UnreadableTensor)
+    }
+
+    private static func parseEntry(_ name: String, _ value: JSONValue) throws -> Entry {
         guard case let .object(fields) = value else {
             throw bad("entry for tensor '\(show(name))' is not an object")
         }
@@ -347,9 +387,9 @@ public final class SafeTensorsFile {
         guard case let .string(dtypeName) = dtypeValue else {
             throw bad("'dtype' of tensor '\(show(name))' is not a string")
         }
-        guard let dtype = DType(rawValue: dtypeName) else {
-            let code: DiffusionError.Code = knownDTypes.contains(dtypeName) ? .unsupported : .invalidFile
-            throw DiffusionError(code, "unsupported dtype '\(show(dtypeName))' for tensor '\(show(name))'")
+        let dtype = DType(rawValue: dtypeName)
+        guard let bits = dtype.map({ $0.byteSize * 8 }) ?? knownDTypeBits[dtypeName] else {
+            throw bad("unsupported dtype '\(show(dtypeName))' for tensor '\(show(name))' (not a safetensors dtype)")
         }
 
         guard case let .array(dims) = shapeValue else {
@@ -369,10 +409,15 @@ public final class SafeTensorsFile {
             overflow = overflow || o
         }
         // Refused even when a later dimension is 0: such a shape is absurd either way.
-        let (bytes, o2) = elements.multipliedReportingOverflow(by: dtype.byteSize)
+        // Whole-byte dtypes: elements · bytes; sub-byte ones (F4, F6_*): elements · bits, whole bytes only.
+        let (scaled, o2) = elements.multipliedReportingOverflow(by: bits % 8 == 0 ? bits / 8 : bits)
         if overflow || o2 {
             throw bad("shape \(shape) of tensor '\(show(name))' has a byte size that overflows 64 bits")
         }
+        guard bits % 8 == 0 || scaled % 8 == 0 else {
+            throw bad("tensor '\(show(name))' with dtype \(show(dtypeName)) and shape \(shape) does not fill whole bytes")
+        }
+        let bytes = bits % 8 == 0 ? scaled : scaled / 8
 
         guard case let .array(offs) = offsetsValue, offs.count == 2,
               let begin = nonNegativeInteger(offs[0]), let end = nonNegativeInteger(offs[1]) else {
@@ -382,8 +427,11 @@ public final class SafeTensorsFile {
             throw bad("'data_offsets' of tensor '\(show(name))' begin \(begin) > end \(end)")
         }
         guard end - begin == bytes else {
-            throw bad("tensor '\(show(name))' with dtype \(dtype.rawValue) and shape \(shape) needs \(bytes) bytes but data_offsets [\(begin), \(end)] span \(end - begin)")
+            throw bad("tensor '\(show(name))' with dtype \(show(dtypeName)) and shape \(shape) needs \(bytes) bytes but data_offsets [\(begin), \(end)] span \(end - begin)")
         }
-        return TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end)
+        guard let dtype else {
+            return .unreadable(UnreadableTensor(name: name, dtype: dtypeName, shape: shape, byteRange: begin..<end))
+        }
+        return .readable(TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end))
     }
 }

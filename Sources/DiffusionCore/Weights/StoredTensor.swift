@@ -19,17 +19,21 @@ public struct StoredTensor {
     /// Calls `body` with the tensor as `count` float32 values (exact widening of F16 / BF16).
     /// - warning: Do not escape the pointer.
     @inline(__always)
-    public func withFloats<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+    public func withFloats<R>(threads: Int = 1, _ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
         if let p = inPlace { return try body(p) }
         let scratch = FloatBuffer(count: count)
-        widen(into: scratch.pointer)
+        widen(into: scratch.pointer, threads: threads)
         return try withExtendedLifetime(scratch) { try body(UnsafePointer(scratch.pointer)) }
     }
 
-    /// Writes the tensor as float32 into `dst` (`count` values).
-    public func widen(into dst: UnsafeMutablePointer<Float>) {
+    /// Writes the tensor as float32 into `dst` (`count` values), in blocks over `threads`.
+    public func widen(into dst: UnsafeMutablePointer<Float>, threads: Int = 1) {
         guard count > 0, let base = file.rawBytes(info).baseAddress else { return }
-        info.dtype.convert(base, count: count, to: dst)
+        let block = 1 << 16, size = info.dtype.byteSize, dtype = info.dtype, n = count
+        parallelFor((n + block - 1) / block, threads: threads) { b in
+            let start = b * block
+            dtype.convert(base + start * size, count: min(block, n - start), to: dst + start)
+        }
     }
 
     /// Rows `first..<first+rows` of a tensor seen as [shape[0], rest] (an embedding lookup).

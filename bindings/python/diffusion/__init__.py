@@ -74,7 +74,7 @@ for _cls in (DiffusionError, Model, Sampler):
     _cls.__module__ = __name__  # shown as diffusion.Model etc., as before the split
 del _cls
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DiffusionError",

@@ -39,7 +39,7 @@ def make_sampler(model, *, prompt, negative_prompt, clip_skip, prompt_embeds, ne
     if (isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)) or prompt_embeds is not None
             or negative_prompt_embeds is not None):
         if not model.is_text_pipeline:
-            raise TypeError("lists of prompts and prompt embeddings need a text pipeline (Stable Diffusion)")
+            raise TypeError("prompts and prompt embeddings need a text pipeline (Stable Diffusion)")
         states = _text_states(model, prompt, negative_prompt, clip_skip, prompt_embeds, negative_prompt_embeds)
         batch = len(states[0]) * per_prompt
         prompt = negative_prompt = clip_skip = None

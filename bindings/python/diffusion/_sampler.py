@@ -111,6 +111,9 @@ class Sampler(SamplerSettings, SamplerRunning):
                 raise ValueError(f"shape must be (batch, channels, height, width), got {tuple(dims)}")
         elif shape is not None:
             raise TypeError("shape is for a denoiser; with a model give batch, height and width")
+        elif not model.is_text_pipeline and (prompt is not None or negative_prompt is not None or clip_skip is not None):
+            # (the library would ignore them: a model without a text encoder has no use for prompts)
+            raise TypeError("prompt, negative_prompt and clip_skip need a text pipeline (Stable Diffusion)")
 
         lib = library()
         params = _new_params(_SamplerParams, lib.sampler_params_init)

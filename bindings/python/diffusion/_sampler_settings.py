@@ -78,7 +78,7 @@ class SamplerSettings:
         if arr.dtype == np.uint8:
             _, hh, ww, c = self._image_shape
             if arr.shape not in ((n, hh, ww, c), (hh, ww, c)):
-                raise ValueError(f"pixels must have shape {(n, hh, ww, c)} or {(hh, ww, c)}, got {arr.shape}")
+                raise ValueError(f"image pixels must have shape {(n, hh, ww, c)} or {(hh, ww, c)}, got {arr.shape}")
             arr, set_init, ptr = np.ascontiguousarray(arr), lib.sampler_set_init_image, _u8p
         elif np.issubdtype(arr.dtype, np.floating):
             if arr.shape not in ((n, c, hh, ww), (c, hh, ww)):

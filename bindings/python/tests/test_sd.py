@@ -421,8 +421,10 @@ def test_text_calls_on_a_pixel_model(plain):
         with pytest.raises(diffusion.DiffusionError) as ei:
             s.set_mask(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8))
         _assert_error(ei, Status.ERROR_UNSUPPORTED)
-    with pytest.raises(TypeError, match="text pipeline"):
-        plain.sampler(prompt=["a", "b"])
+    for kw in (dict(prompt=["a", "b"]), dict(prompt="a"), dict(negative_prompt="b"), dict(clip_skip=1),
+               dict(prompt_embeds=np.zeros((77, 32), np.float32))):
+        with pytest.raises(TypeError, match="text pipeline"):
+            plain.sampler(**kw)
     # pixel models keep their default, no guidance (this one has no unconditional input: guidance would fail)
     with plain.sampler(steps=2) as s:
         s.run()

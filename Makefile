@@ -62,6 +62,8 @@ test-install: build
 	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/generate.c \
 	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lz -o $$tmp/generate && \
 	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model $(TEST_MODEL) --steps 10 --output $$tmp/c.png && \
+	LD_LIBRARY_PATH=$$tmp/lib $$tmp/generate --model Tests/Fixtures/sd/sd1 --steps 4 --prompt "a photo of a cat" \
+	  --guidance 7.5 --count 2 --output $$tmp/sd.png && test -s $$tmp/sd.png && \
 	PKG_CONFIG_PATH=$$tmp/lib/pkgconfig cc -std=c11 -Wall -Werror examples/c/own_denoiser.c \
 	  $$(PKG_CONFIG_PATH=$$tmp/lib/pkgconfig pkg-config --cflags --libs diffusion) -lm -o $$tmp/own_denoiser && \
 	for s in ddpm:100 ddim:50 euler:30 euler_a:30 heun:15 dpmpp_2m:20 pndm:20 lms:30 unipc:10 lcm:4; do \

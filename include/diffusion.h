@@ -37,9 +37,11 @@
  *
  * Ownership: what the library allocates, the library frees. Every *_free accepts NULL.
  *
- * Memory: weights are held by their model. Activation buffers freed after a network evaluation are
- * kept (process-wide, up to 1 GiB) and reused by later evaluations of the same shapes, so steady
- * sampling does not fault in fresh pages; they are returned to the system only at process exit.
+ * Memory: weights are mapped from their files and stay in their stored dtype. Activation buffers
+ * of up to 32 MiB freed after a network evaluation are kept (process-wide, up to 256 MiB) and
+ * reused by later evaluations of the same shapes; larger ones go back to the system. A latent
+ * pipeline hands its UNet's and text encoder's mapped pages back to the page cache when it is done
+ * with them (before decoding, after encoding a prompt), so they do not add to the peak.
  *
  * Parameter structs start with struct_size and are filled with defaults by their *_init
  * function; fields are only ever appended, so a program built against an older header keeps

@@ -180,7 +180,8 @@ import DiffusionCore
             var ids = ok; ids[76] = .max
             _ = try model.encode(ids: ids, count: 1, clipSkip: nil, threads: 1)
         }
-        expectError(.invalidArgument, ["clip_skip 3", "3 layers"]) { _ = try model.encode(ids: ok, count: 1, clipSkip: 3, threads: 1) }
+        _ = try model.encode(ids: ok, count: 1, clipSkip: 3, threads: 1)  // all layers skipped: diffusers allows it
+        expectError(.invalidArgument, ["clip_skip 4", "3 layers"]) { _ = try model.encode(ids: ok, count: 1, clipSkip: 4, threads: 1) }
         expectError(.invalidArgument, ["clip_skip 100"]) { _ = try model.encode(ids: ok, count: 1, clipSkip: 100, threads: 1) }
         expectError(.invalidArgument, ["clip_skip -1"]) { _ = try model.encode(ids: ok, count: 1, clipSkip: -1, threads: 1) }
         expectError(.invalidArgument, ["length 78", "77 positions"]) { _ = try model.encode(ids: ok + [49407], count: 1, clipSkip: nil, threads: 1) }

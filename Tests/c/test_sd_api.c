@@ -77,7 +77,8 @@ static void test_text(void) {
     CHECK_OK(diffusion_model_encode_prompt(m, "a photo of a cat", 0, states, n));
     CHECK(all_finite(states, n));
     CHECK_OK(diffusion_model_encode_prompt(m, "a photo of a cat", 2, states, n));
-    CHECK_ERROR(diffusion_model_encode_prompt(m, "a", 3, states, n), DIFFUSION_ERROR_INVALID_ARGUMENT, "clip");
+    CHECK_OK(diffusion_model_encode_prompt(m, "a", 3, states, n));  /* every layer skipped, as diffusers allows */
+    CHECK_ERROR(diffusion_model_encode_prompt(m, "a", 4, states, n), DIFFUSION_ERROR_INVALID_ARGUMENT, "clip");
     CHECK_ERROR(diffusion_model_encode_prompt(m, "a", -1, states, n), DIFFUSION_ERROR_INVALID_ARGUMENT, "clip_skip");
     CHECK_ERROR(diffusion_model_encode_prompt(m, "a", 0, states, n - 1), DIFFUSION_ERROR_INVALID_ARGUMENT, "count");
     free(states);
@@ -88,6 +89,11 @@ static void test_text(void) {
     snprintf(path, sizeof path, "%s/unet/plain", g_fixtures);
     CHECK_OK(diffusion_model_load(path, NULL, &pixel));
     CHECK_ERROR(diffusion_model_tokenize(pixel, "a", ids, 80, &count), DIFFUSION_ERROR_UNSUPPORTED, "text");
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.prompt = "a cat";  /* a prompt would be silently ignored: refused */
+    diffusion_sampler *s = NULL;
+    CHECK_ERROR(diffusion_sampler_create(pixel, &sp, &s), DIFFUSION_ERROR_INVALID_ARGUMENT, "text encoder");
     diffusion_model_free(pixel);
 }
 

@@ -2,11 +2,13 @@
  * generate — make images with libdiffusion and save them as one PNG grid.
  *
  *     generate [--model DIR] [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]
- *              [--eta X] [--class K] [--guidance G] [--output FILE.png]
+ *              [--eta X] [--class K] [--guidance G] [--prompt TEXT] [--negative-prompt TEXT]
+ *              [--output FILE.png]
  *
  * --model defaults to models/digits (the shipped digits model, from the source tree's root).
  * For a class-conditional model, --class picks the class (default: 0, 1, 2, ... across the
- * batch) and --guidance sets classifier-free guidance (1 = none).
+ * batch) and --guidance sets classifier-free guidance (1 = none). For a Stable Diffusion
+ * pipeline folder, --prompt and --negative-prompt condition the images (e.g. --guidance 7.5).
  *
  * Build (see README.md):
  *     cc -std=c11 -Wall generate.c $(pkg-config --cflags --libs diffusion) -lz -o generate
@@ -36,13 +38,16 @@ typedef struct {
     float eta;              /* ddim only */
     int32_t class_label;    /* -1: one class per image in turn */
     float guidance;         /* 1: no guidance */
+    const char *prompt;     /* text pipelines */
+    const char *negative_prompt;
     const char *output;
 } options;
 
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [--model DIR] [--scheduler ddpm|ddim] [--steps N] [--seed S] [--count N]\n"
-            "          [--eta X] [--class K] [--guidance G] [--output FILE.png]\n",
+            "          [--eta X] [--class K] [--guidance G] [--prompt TEXT] [--negative-prompt TEXT]\n"
+            "          [--output FILE.png]\n",
             argv0);
     exit(2);
 }
@@ -92,6 +97,10 @@ static options parse_options(int argc, char **argv) {
                 fprintf(stderr, "error: --guidance needs a number, got \"%s\"\n", value);
                 exit(2);
             }
+        } else if (strcmp(flag, "--prompt") == 0) {
+            o.prompt = value;
+        } else if (strcmp(flag, "--negative-prompt") == 0) {
+            o.negative_prompt = value;
         } else if (strcmp(flag, "--output") == 0) {
             o.output = value;
         } else {
@@ -197,6 +206,8 @@ int main(int argc, char **argv) {
     sp.seed = opt.seed;
     sp.batch = opt.count;
     sp.eta = opt.eta;
+    sp.prompt = opt.prompt;                  /* NULL for models without text conditioning */
+    sp.negative_prompt = opt.negative_prompt;
     diffusion_sampler *sampler;
     check(diffusion_sampler_create(model, &sp, &sampler));
 
@@ -220,10 +231,11 @@ int main(int argc, char **argv) {
     /* 3. Run every step, with a progress line when stderr is a terminal. */
     check(diffusion_sampler_run(sampler, isatty(STDERR_FILENO) ? show_progress : NULL, NULL));
 
-    /* 4. Read the result as 8-bit pixels: count x height x width x channels, interleaved. */
-    int32_t shape[4]; /* batch, channels, height, width */
-    check(diffusion_sampler_shape(sampler, shape));
-    const size_t n = (size_t)shape[0], c = (size_t)shape[1], h = (size_t)shape[2], w = (size_t)shape[3];
+    /* 4. Read the result as 8-bit pixels: count x height x width x channels, interleaved (a
+          latent model's VAE decodes here, so the image shape is not the sampler's latent shape). */
+    int32_t shape[4]; /* batch, height, width, channels */
+    check(diffusion_sampler_image_shape(sampler, shape));
+    const size_t n = (size_t)shape[0], h = (size_t)shape[1], w = (size_t)shape[2], c = (size_t)shape[3];
     uint8_t *pixels = malloc(n * h * w * c);
     if (!pixels) {
         fprintf(stderr, "error: out of memory\n");

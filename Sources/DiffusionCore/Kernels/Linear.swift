@@ -21,9 +21,11 @@ public struct Linear {
     public func apply(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, into y: UnsafeMutablePointer<Float>,
                       ldy: Int? = nil, threads: Int) {
         let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
-        let rowTile = 128
+        // Large row tiles: OpenBLAS packs the weight panel once per call, so small tiles repack it
+        // over and over; few rows split the output columns instead.
+        let rowTile = 1024
         let rowTiles = (rows + rowTile - 1) / rowTile
-        let colSplit = rows <= rowTile ? max(1, min(8, outFeatures / 256)) : 1
+        let colSplit = rowTiles >= 4 ? 1 : max(1, min(8, outFeatures / 128))
         let colTile = (outFeatures + colSplit - 1) / colSplit
         weight.withFloats(threads: threads) { w in
             parallelFor(rowTiles * colSplit, threads: threads) { job in

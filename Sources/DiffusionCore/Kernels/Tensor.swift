@@ -34,10 +34,13 @@ public final class FloatBuffer {
 
 /// Free blocks by exact size, shared by the process (a network evaluation allocates the same
 /// sizes every time). Holds at most `limit` bytes; beyond that, blocks go back to the system.
-final class BufferPool: @unchecked Sendable {
+public final class BufferPool: @unchecked Sendable {
     static let shared = BufferPool()
     private let lock = Mutex<(free: [Int: [UnsafeMutableRawPointer]], held: Int)>(([:], 0))
-    private let limit = 1 << 30
+    /// Bytes held at most, and the largest block kept: big blocks come from mmap anyway, and
+    /// holding them would add a whole network's temporaries to the process's peak memory.
+    public static let limit = 256 << 20
+    public static let largestBlock = 32 << 20
 
     func take(bytes: Int, reuse: Bool) -> UnsafeMutableRawPointer {
         if reuse, let p = lock.withLock({ state -> UnsafeMutableRawPointer? in
@@ -54,7 +57,7 @@ final class BufferPool: @unchecked Sendable {
 
     func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
         let kept = lock.withLock { state -> Bool in
-            guard state.held + bytes <= limit else { return false }
+            guard bytes <= BufferPool.largestBlock, state.held + bytes <= BufferPool.limit else { return false }
             state.free[bytes, default: []].append(p)
             state.held += bytes
             return true

@@ -224,9 +224,9 @@ enum VAEMemory {
         s * max(2 * cin + cout, cin + 2 * cout, cin + (cin != cout ? 3 : 2) * cout)
     }
 
-    /// Buffers freed during a pass stay in `BufferPool` for reuse by exact size, up to its limit
-    /// (1 GiB), so the process holds about one more live set of dead temporaries at the peak.
-    static let poolLimit = Double(1 << 30)
+    /// Buffers freed during a pass stay in `BufferPool` for reuse by exact size, up to its limit,
+    /// so the process holds about one more live set of dead temporaries at the peak.
+    static let poolLimit = Double(BufferPool.limit)
 
     /// Live activations (floats) plus convolution scratch, attention scores and the pool's share.
     /// Measured on an SD-shaped random VAE (2 threads, f32 weights): the peak RSS above the

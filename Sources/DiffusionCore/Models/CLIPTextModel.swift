@@ -62,8 +62,9 @@ public final class CLIPTextModel {
             throw DiffusionError(.invalidArgument, "token id \(ids[bad]) (sequence \(bad / length), position \(bad % length)) is outside the vocabulary [0, \(vocab))")
         }
         let skip = clipSkip ?? 0
-        guard skip >= 0, skip < layers.count else {
-            throw DiffusionError(.invalidArgument, "clip_skip \(skip) is out of range: the text encoder has \(layers.count) layers (clip_skip 0...\(layers.count - 1))")
+        // clip_skip = layers is diffusers' hidden_states[0]: the embeddings through the final LayerNorm.
+        guard skip >= 0, skip <= layers.count else {
+            throw DiffusionError(.invalidArgument, "clip_skip \(skip) is out of range: the text encoder has \(layers.count) layers (clip_skip 0...\(layers.count))")
         }
 
         let d = config.hiddenSize

@@ -26,6 +26,8 @@ public final class DiffusionModel {
     /// Stable Diffusion's network (UNet2DConditionModel) and the components around it.
     public let conditionUNet: UNet2DConditionModel?
     public let latent: LatentPipeline?
+    /// The UNet's weight file, released from memory while the VAE decodes.
+    private let unetWeights: SafeTensorsFile
     /// scheduler_config.json as stored (nil if the folder has none).
     public let schedulerJSON: JSONValue?
     /// diffusers' Stable Diffusion pipelines rewrite outdated scheduler configs when they load
@@ -48,6 +50,7 @@ public final class DiffusionModel {
         let (unetJSON, configPath) = try folder.config("unet")
         let className = unetJSON["_class_name"]?.stringValue ?? "UNet2DModel"
         let weights = try folder.weights("unet", stem: "diffusion_pytorch_model")
+        unetWeights = weights
         var info = ModelInfo()
         let unetConfigJSON: JSONValue
         do {
@@ -203,6 +206,9 @@ public final class DiffusionModel {
                                 width: width / info.vaeScaleFactor)
         // Guidance may double the batch later; the check is repeated at every evaluation.
         try checkMemory(batch: p.batch, height: shape.height, width: shape.width)
+        guard latent != nil || (p.prompt == nil && p.negativePrompt == nil && p.clipSkip == 0) else {
+            throw DiffusionError(.invalidArgument, "this model has no text encoder: prompt, negative_prompt and clip_skip must be unset")
+        }
         if let latent {
             let cond = try latent.encodePrompts([p.prompt ?? ""], clipSkip: p.clipSkip, threads: threads)
             // clip_skip applies to the prompt only, never to the negative prompt (diffusers).
@@ -247,6 +253,9 @@ public final class DiffusionModel {
             throw DiffusionError(.invalidArgument, "latents have \(latents.c) channels, the VAE takes \(info.latentChannels)")
         }
         try checkMemory(batch: latents.n, height: latents.h, width: latents.w)
+        // The denoising loop is over: the UNet's 1.7 GB (SD1.5, F16) need not stay resident
+        // beside the decoder's activations (the next step faults them back in from the page cache).
+        unetWeights.releaseResidentPages()
         return try latent.decode(latents, threads: threads)
     }
 }

@@ -4,6 +4,7 @@ public final class LatentPipeline {
     public let tokenizer: CLIPTokenizer
     public let textEncoder: CLIPTextModel
     public let vae: AutoencoderKL
+    private let textWeights: SafeTensorsFile
     /// Pixels per latent along each side: 2^(VAE levels − 1).
     public let vaeScaleFactor: Int
     public let scalingFactor: Float
@@ -13,7 +14,7 @@ public final class LatentPipeline {
     init(folder: PipelineFolder, unet: UNet2DConditionConfig) throws {
         tokenizer = try CLIPTokenizer(folder: try folder.folder("tokenizer"))
         let (textJSON, textConfigPath) = try folder.config("text_encoder")
-        let textWeights = try folder.weights("text_encoder", stem: "model")
+        textWeights = try folder.weights("text_encoder", stem: "model")
         do {
             textEncoder = try CLIPTextModel(config: try CLIPTextConfig(json: textJSON), weights: textWeights)
         } catch let e as DiffusionError {
@@ -49,6 +50,7 @@ public final class LatentPipeline {
     /// the k-th last layer's output through the final LayerNorm).
     public func encodePrompts(_ prompts: [String], clipSkip: Int, threads: Int) throws -> Tokens {
         let ids = prompts.flatMap { tokenizer.encode($0) }
+        defer { textWeights.releaseResidentPages() }  // not needed again until the next prompt
         return try textEncoder.encode(ids: ids, count: prompts.count, clipSkip: clipSkip > 0 ? clipSkip : nil, threads: threads)
     }
 

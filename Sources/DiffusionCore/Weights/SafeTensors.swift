@@ -180,6 +180,13 @@ public final class SafeTensorsFile {
     /// The tensor's description, or nil when it is absent or of a dtype this library does not read.
     public func info(_ name: String) -> TensorInfo? { tensors[name] }
 
+    /// Hands the mapping's resident pages back to the page cache (they fault in again, from the
+    /// cache, when next read): a pipeline stage that is done with a component stops counting its
+    /// weights in the process's memory. Safe while other threads read the weights.
+    public func releaseResidentPages() {
+        _ = madvise(mapBase, mapLength, MADV_DONTNEED)
+    }
+
     /// The dtype name as the file states it ("F16", "I64", ...), for any tensor in the file.
     public func dtypeName(_ name: String) -> String? { tensors[name]?.dtype.rawValue ?? unreadable[name]?.dtype }
 

@@ -351,8 +351,26 @@ diffusion_status diffusion_sampler_run(diffusion_sampler *sampler, diffusion_pro
 diffusion_status diffusion_sampler_progress(const diffusion_sampler *sampler, int32_t *done,
                                             int32_t *total);
 
-/* Asks a running diffusion_sampler_run (or the next step/run) to stop. Any thread may call it.
- * NULL is a no-op. */
+/* The stages of a generation. A text pipeline encodes its prompt (unless embeddings were given)
+ * at the first step, denoises, and decodes its latents with the VAE in get_images. */
+typedef enum diffusion_stage {
+    DIFFUSION_STAGE_TEXT_ENCODING = 0,
+    DIFFUSION_STAGE_DENOISING = 1,
+    DIFFUSION_STAGE_DECODING = 2,
+} diffusion_stage;
+
+/* Called with (stage, done, total): text encoding 0 then 1 of 1; denoising after each step of
+ * diffusion_sampler_run (done of the run's steps); decoding before each image and after the last
+ * (done images of total). Return false to cancel: the call in progress returns
+ * DIFFUSION_ERROR_CANCELLED (x_t kept; the sampler can go on). fn NULL removes it. Runs on the
+ * thread of the call that does the work. */
+typedef bool (*diffusion_stage_fn)(diffusion_stage stage, int32_t done, int32_t total, void *user_data);
+diffusion_status diffusion_sampler_set_stage_callback(diffusion_sampler *sampler, diffusion_stage_fn fn,
+                                                      void *user_data);
+
+/* Asks a running diffusion_sampler_run (or the next step/run) to stop. Any thread may call it,
+ * during any stage: before and after the prompt's encoding, between steps, and between the images
+ * get_images decodes (the call then returns DIFFUSION_ERROR_CANCELLED). NULL is a no-op. */
 void diffusion_sampler_cancel(diffusion_sampler *sampler);
 
 /* The finished run's images as 8-bit pixels: image_shape's batch x height x width x channels,

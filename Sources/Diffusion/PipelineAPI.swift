@@ -168,14 +168,10 @@ public func diffusion_sampler_set_prompt_embeddings(_ sampler: OpaquePointer!, _
             guard t.data.allFinite(expected) else { throw invalid("embeddings hold non-finite values") }
             return t
         }
-        var cond = s.conditional, uncond = s.unconditional ?? Conditioning()
-        cond.context = try states(embeddings)
-        if let negativeEmbeddings {
-            uncond.context = try states(negativeEmbeddings)
-        } else {
-            uncond.context = try latent.encodePrompts([""], clipSkip: 0, threads: model.threads).repeatingEach(s.batch)
-        }
-        s.setConditioning(cond, unconditional: uncond)
+        let cond = try states(embeddings)
+        let uncond = try negativeEmbeddings.map(states)
+            ?? latent.encodePrompts([""], clipSkip: 0, threads: model.threads).repeatingEach(s.batch)
+        s.setTextStates(cond, unconditional: uncond)
     }
 }
 

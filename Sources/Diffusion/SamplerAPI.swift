@@ -267,7 +267,7 @@ func writeImages(_ s: Sampler, _ out: UnsafeMutablePointer<UInt8>?, _ size: Int,
     guard preview || s.isFinished else {
         throw DiffusionError(.invalidState, "the run has not finished (\(s.stepIndex) of \(s.totalSteps) steps done); diffusion_sampler_get_preview_images gives intermediate images")
     }
-    pixelBytes(try s.model?.decode(s.sample) ?? s.sample, into: out)
+    pixelBytes(try s.decodedImages(), into: out)
 }
 
 @c @implementation
@@ -287,5 +287,17 @@ public func diffusion_sampler_image_shape(_ sampler: OpaquePointer!, _ shape: Un
         guard let shape else { throw invalid("shape is NULL") }
         let (n, h, w, c) = imageShape(s)
         shape[0] = Int32(n); shape[1] = Int32(h); shape[2] = Int32(w); shape[3] = Int32(c)
+    }
+}
+
+@c @implementation
+public func diffusion_sampler_set_stage_callback(_ sampler: OpaquePointer!, _ callback: diffusion_stage_fn!,
+                                                 _ userData: UnsafeMutableRawPointer!) -> diffusion_status {
+    boundary {
+        let s = try lookupSampler(sampler)
+        guard let callback else { s.stageCallback = nil; return }
+        s.stageCallback = { stage, done, total in
+            callback(diffusion_stage(rawValue: UInt32(stage.rawValue)), Int32(clamping: done), Int32(clamping: total), userData)
+        }
     }
 }

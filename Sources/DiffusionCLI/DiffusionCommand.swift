@@ -219,8 +219,15 @@ struct Generate: ParsableCommand {
         p.negativePrompt = negativePrompt
         p.clipSkip = clipSkip
         let progress = Progress(enabled: isatty(STDERR_FILENO) != 0)
-        if text { progress.stage("encoding the prompt") }
         let sampler = try Sampler(model: model, params: p)
+        sampler.stageCallback = { stage, done, total in
+            switch stage {
+            case .textEncoding: if done == 0 { progress.stage("encoding the prompt") }
+            case .decoding: if done < total { progress.stage("decoding image \(done + 1) of \(total)") }
+            case .denoising: break
+            }
+            return true
+        }
         if let labels {
             let (conditional, unconditional) = try model.classConditioning(labels, batch: batch)
             sampler.setConditioning(conditional, unconditional: unconditional)
@@ -249,8 +256,7 @@ struct Generate: ParsableCommand {
             return true
         }
         let seconds = monotonicSeconds() - start
-        if text { progress.stage("decoding") }
-        let decoded = try model.decode(sampler.sample)
+        let decoded = try sampler.decodedImages()
         progress.done()
 
         var pixels = [UInt8](repeating: 0, count: decoded.count)

@@ -249,6 +249,62 @@ static void test_img2img_and_inpaint(void) {
     }
 }
 
+typedef struct {
+    int events[64][3];
+    int count;
+    int cancel_stage;  /* -1: never cancel */
+} stage_log;
+
+static bool record_stage(diffusion_stage stage, int32_t done, int32_t total, void *user) {
+    stage_log *log = user;
+    if (log->count < 64) {
+        log->events[log->count][0] = (int)stage;
+        log->events[log->count][1] = done;
+        log->events[log->count][2] = total;
+        log->count++;
+    }
+    return (int)stage != log->cancel_stage;
+}
+
+static void test_stages_and_cancel(void) {
+    diffusion_model *m = load("sd1");
+    if (!m) return;
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.scheduler = "ddim"; sp.steps = 2; sp.batch = 2; sp.prompt = "a cat";
+    diffusion_sampler *s = NULL;
+    CHECK_OK(diffusion_sampler_create(m, &sp, &s));
+    if (!s) { diffusion_model_free(m); return; }
+    stage_log log = {.cancel_stage = DIFFUSION_STAGE_TEXT_ENCODING};
+    CHECK_OK(diffusion_sampler_set_stage_callback(s, record_stage, &log));
+    /* Cancelled while encoding the prompt: nothing stepped, and it can go on. */
+    CHECK_ERROR(diffusion_sampler_run(s, NULL, NULL), DIFFUSION_ERROR_CANCELLED, "progress callback");
+    int32_t done = -1;
+    CHECK_OK(diffusion_sampler_progress(s, &done, NULL));
+    CHECK(done == 0 && log.count == 1 && log.events[0][0] == DIFFUSION_STAGE_TEXT_ENCODING);
+    log.count = 0; log.cancel_stage = -1;
+    CHECK_OK(diffusion_sampler_run(s, NULL, NULL));
+    /* text 0/1, 1/1; denoising 1/2, 2/2 */
+    CHECK(log.count == 4);
+    CHECK(log.events[0][0] == 0 && log.events[0][1] == 0 && log.events[1][0] == 0 && log.events[1][1] == 1);
+    CHECK(log.events[2][0] == 1 && log.events[2][1] == 1 && log.events[3][0] == 1 && log.events[3][1] == 2 && log.events[3][2] == 2);
+    size_t n = 2 * 64 * 64 * 3;
+    uint8_t *px = malloc(n);
+    /* A cancel from any thread stops the decode between images; the next call decodes. */
+    diffusion_sampler_cancel(s);
+    CHECK_ERROR(diffusion_sampler_get_images(s, px, n), DIFFUSION_ERROR_CANCELLED, "decoding");
+    log.count = 0;
+    CHECK_OK(diffusion_sampler_get_images(s, px, n));
+    CHECK(log.count == 3 && log.events[0][0] == 2 && log.events[0][1] == 0 && log.events[2][1] == 2 && log.events[2][2] == 2);
+    log.count = 0; log.cancel_stage = DIFFUSION_STAGE_DECODING;
+    CHECK_ERROR(diffusion_sampler_get_images(s, px, n), DIFFUSION_ERROR_CANCELLED, NULL);
+    CHECK_OK(diffusion_sampler_set_stage_callback(s, NULL, NULL));
+    CHECK_OK(diffusion_sampler_get_images(s, px, n));
+    free(px);
+    diffusion_sampler_free(s);
+    diffusion_model_free(m);
+}
+
 static void test_broken_pipelines(void) {
     /* A pipeline folder without one of the components SD needs, or with a broken tokenizer. */
     char tmp[] = "/tmp/sdtestXXXXXX";
@@ -282,6 +338,7 @@ int main(int argc, char **argv) {
         {"text_to_image", test_text_to_image},
         {"embeddings_and_errors", test_embeddings_and_errors},
         {"img2img_and_inpaint", test_img2img_and_inpaint},
+        {"stages_and_cancel", test_stages_and_cancel},
         {"broken_pipelines", test_broken_pipelines},
     };
     double start = now_seconds();

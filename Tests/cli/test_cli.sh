@@ -265,4 +265,64 @@ for case in range(200):
     assert ok, (case, r.returncode, r.stderr[-500:])
 PY
 
+# Stable Diffusion: info lists the components; a prompt run gives diffusers' image (the fixture's
+# pndm run: seed 0, 8 steps, guidance 7.5); img2img and inpainting from PNGs; one-line errors.
+sd="$(cd "$(dirname "$0")/../Fixtures/sd" && pwd)"
+out="$("$cli" info --model "$sd/sd1")" || fail "sd info exited $?"
+for word in UNet2DConditionModel CLIPTextModel AutoencoderKL tokenizer; do
+    grep -q "$word" <<<"$out" || fail "sd info does not list $word: $out"
+done
+"$cli" generate --model "$sd/sd1" --prompt "a photo of a cat" --steps 8 --seed 0 --width 64 --height 64 \
+    --output "$tmp/sd.png" >"$tmp/out.txt" 2>"$tmp/err.txt" || fail "sd generate exited $?: $(cat "$tmp/err.txt")"
+grep -q "wrote $tmp/sd.png (1 images" "$tmp/out.txt" || fail "sd generate summary: $(cat "$tmp/out.txt")"
+python3 - "$tmp" "$sd/refs/sd1/runs/txt2img_pndm.safetensors" <<'PY' || fail "the CLI's SD image differs from diffusers'"
+import json, struct, sys, zlib
+def read_png(path):
+    data = open(path, "rb").read()
+    pos, idat, ihdr = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR": ihdr = struct.unpack(">IIBB", data[pos + 8:pos + 18])
+        if kind == b"IDAT": idat += data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+    w, h, depth, color = ihdr
+    assert depth == 8 and color == 2
+    raw, rows, stride = zlib.decompress(idat), [], 3 * w
+    for y in range(h):
+        assert raw[y * (stride + 1)] == 0  # our encoder writes filter 0
+        rows.append(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+    return w, h, rows
+w, h, rows = read_png(sys.argv[1] + "/sd.png")
+assert (w, h) == (64 + 4, 64 + 4), (w, h)
+data = open(sys.argv[2], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+head = json.loads(data[8:8 + n])
+lo, hi = head["image"]["data_offsets"]
+ref = data[8 + n + lo:8 + n + hi]  # uint8 [1, 64, 64, 3]
+worst = max(abs(rows[2 + y][(2 + x) * 3 + c] - ref[(y * 64 + x) * 3 + c]) for y in range(64) for x in range(64) for c in range(3))
+assert worst <= 1, worst
+PY
+python3 - "$tmp" <<'PY'
+import struct, sys, zlib
+def png(path, rows, color):
+    def chunk(k, b): return struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b))
+    ch = 3 if color == 2 else 1
+    raw = b"".join(b"\x00" + bytes(r) for r in rows)
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, color, 0, 0, 0))
+                           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+png(sys.argv[1] + "/init.png", [[(x * 4 + y * 2 + c * 50) % 256 for x in range(64) for c in range(3)] for y in range(64)], 2)
+png(sys.argv[1] + "/mask.png", [[255 if 16 <= x < 48 and 16 <= y < 48 else 0 for x in range(64)] for y in range(64)], 0)
+PY
+"$cli" generate --model "$sd/sd1" --prompt "a cat" --init "$tmp/init.png" --strength 0.5 --steps 4 \
+    --output "$tmp/i2i.png" >"$tmp/out.txt" 2>&1 || fail "sd img2img exited $?: $(cat "$tmp/out.txt")"
+grep -q "from $tmp/init.png at strength 0.5" "$tmp/out.txt" || fail "sd img2img summary: $(cat "$tmp/out.txt")"
+"$cli" generate --model "$sd/sd1_inpaint" --prompt "a cat" --init "$tmp/init.png" --mask "$tmp/mask.png" --steps 4 \
+    --output "$tmp/inpaint.png" >"$tmp/out.txt" 2>&1 || fail "sd inpaint exited $?: $(cat "$tmp/out.txt")"
+"$cli" generate --model "$sd/sd1" --prompt "a cat" --width 60 --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 1 ] && [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] && grep -q "multiples of 8" "$tmp/err.txt" || fail "sd --width 60: $(cat "$tmp/err.txt")"
+"$cli" generate --model "$fixtures/plain" --prompt "a cat" --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 1 ] && grep -q "not a text-to-image pipeline" "$tmp/err.txt" || fail "--prompt on a pixel model: $(cat "$tmp/err.txt")"
+"$cli" generate --model "$sd/sd1" --prompt "a cat" --mask "$tmp/mask.png" --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 64 ] || fail "--mask without --init: $(cat "$tmp/err.txt")"
+
 if [ "$failures" -eq 0 ]; then echo "test_cli: ok"; else echo "test_cli: $failures failed"; exit 1; fi

@@ -9,6 +9,7 @@ public final class CLIPTextModel {
     private let tokenEmbedding: StoredTensor      // [vocab, hidden]
     private let positionEmbedding: StoredTensor   // [max positions, hidden]
     private let layers: [CLIPEncoderLayer]
+    public var layerCount: Int { layers.count }
     private let finalNorm: LayerNorm
 
     /// Keys with the `text_model.` prefix (transformers 4.x checkpoints, CLIPTextModelWithProjection)

@@ -188,7 +188,8 @@ public final class DiffusionModel {
 
     /// The shape and default conditioning of a sampler over this model.
     func samplerSetup(_ p: SamplerParams) throws
-        -> (shape: SampleShape, conditional: Conditioning, unconditional: Conditioning?, noUnconditionalReason: String) {
+        -> (shape: SampleShape, conditional: Conditioning, unconditional: Conditioning?, noUnconditionalReason: String,
+            textStates: (() throws -> (Tokens, Tokens))?) {
         let height = p.height > 0 ? p.height : (info.sampleHeight ?? 0)
         let width = p.width > 0 ? p.width : (info.sampleWidth ?? 0)
         guard p.height >= 0, p.width >= 0, height > 0, width > 0 else {
@@ -210,17 +211,23 @@ public final class DiffusionModel {
             throw DiffusionError(.invalidArgument, "this model has no text encoder: prompt, negative_prompt and clip_skip must be unset")
         }
         if let latent {
-            let cond = try latent.encodePrompts([p.prompt ?? ""], clipSkip: p.clipSkip, threads: threads)
-            // clip_skip applies to the prompt only, never to the negative prompt (diffusers).
-            let uncond = try latent.encodePrompts([p.negativePrompt ?? ""], clipSkip: 0, threads: threads)
-            return (shape, Conditioning(context: cond.repeatingEach(p.batch)),
-                    Conditioning(context: uncond.repeatingEach(p.batch)), "")
+            // Encoded by the first step (cheap creation; progress and cancel cover it).
+            guard p.clipSkip <= latent.textEncoder.layerCount else {
+                throw DiffusionError(.invalidArgument, "clip_skip \(p.clipSkip) is out of range: the text encoder has \(latent.textEncoder.layerCount) layers")
+            }
+            let (prompt, negative, clipSkip, batch, threads) = (p.prompt ?? "", p.negativePrompt ?? "", p.clipSkip, p.batch, threads)
+            let encode = {
+                // clip_skip applies to the prompt only, never to the negative prompt (diffusers).
+                (try latent.encodePrompts([prompt], clipSkip: clipSkip, threads: threads).repeatingEach(batch),
+                 try latent.encodePrompts([negative], clipSkip: 0, threads: threads).repeatingEach(batch))
+            }
+            return (shape, Conditioning(), Conditioning(), "", encode)
         }
         if pixelUNet?.config.hasClassEmbedding == true {
             let (c, u) = try classConditioning([0], batch: p.batch)
-            return (shape, c, u, "a class-conditional model whose config.json names its _null_class_label; this model has none (use 1)")
+            return (shape, c, u, "a class-conditional model whose config.json names its _null_class_label; this model has none (use 1)", nil)
         }
-        return (shape, .none, nil, "this model is not conditional (use 1)")
+        return (shape, .none, nil, "this model is not conditional (use 1)", nil)
     }
 
     /// Checks inputs and runs one network evaluation. x: [n, in_channels, h, w].
@@ -247,7 +254,8 @@ public final class DiffusionModel {
 
     /// Images in [-1, 1] (NCHW) from samples x_0: the VAE's decode for a latent model, the
     /// identity for a pixel-space one.
-    public func decode(_ latents: Tensor) throws -> Tensor {
+    /// `progress(done, total)` runs before each image and after the last (it may throw to cancel).
+    public func decode(_ latents: Tensor, progress: ((Int, Int) throws -> Void)? = nil) throws -> Tensor {
         guard let latent else { return latents }
         guard latents.c == info.latentChannels else {
             throw DiffusionError(.invalidArgument, "latents have \(latents.c) channels, the VAE takes \(info.latentChannels)")
@@ -256,6 +264,6 @@ public final class DiffusionModel {
         // The denoising loop is over: the UNet's 1.7 GB (SD1.5, F16) need not stay resident
         // beside the decoder's activations (the next step faults them back in from the page cache).
         unetWeights.releaseResidentPages()
-        return try latent.decode(latents, threads: threads)
+        return try latent.decode(latents, threads: threads, progress: progress)
     }
 }

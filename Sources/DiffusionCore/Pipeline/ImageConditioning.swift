@@ -89,11 +89,7 @@ extension DiffusionModel {
         if nineChannels, let maskedLatents {
             let maskTensor = Tensor(n: sampler.batch, c: 1, h: h, w: w)
             latentMask.withUnsafeBufferPointer { maskTensor.data.update(from: $0.baseAddress!, count: $0.count) }
-            let extra = concatChannels(maskTensor, maskedLatents)
-            var cond = sampler.conditional, uncond = sampler.unconditional
-            cond.extraChannels = extra
-            uncond?.extraChannels = extra
-            sampler.setConditioning(cond, unconditional: uncond)
+            sampler.setExtraChannels(concatChannels(maskTensor, maskedLatents))
         } else if let imageLatents {
             try sampler.setBlend(imageLatents: imageLatents.copyToArray(), mask: latentMask)
         }

@@ -57,15 +57,17 @@ public final class LatentPipeline {
     /// Images in [-1, 1] from latents: vae.decode(latents / scaling_factor + shift_factor), one
     /// image at a time (the same numbers as a batch, a batch's memory), tiled as diffusers'
     /// enable_tiling when a whole-image decode would not fit the memory budget.
-    public func decode(_ latents: Tensor, threads: Int) throws -> Tensor {
+    public func decode(_ latents: Tensor, threads: Int, progress: ((Int, Int) throws -> Void)? = nil) throws -> Tensor {
         var images: [Tensor] = []
         let per = latents.c * latents.hw
         for n in 0..<latents.n {
+            try progress?(n, latents.n)
             let z = Tensor(n: 1, c: latents.c, h: latents.h, w: latents.w)
             for i in 0..<per { z.data[i] = latents.data[n * per + i] / scalingFactor + shiftFactor }
             images.append(vae.decodeNeedsTiling(height: z.h, width: z.w, batch: 1, threads: threads)
                           ? try vae.decodeTiled(z, threads: threads) : try vae.decode(z, threads: threads))
         }
+        try progress?(latents.n, latents.n)
         return images.count == 1 ? images[0] : Tensor.concatenatedBatch(images)
     }
 

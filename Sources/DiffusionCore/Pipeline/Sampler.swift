@@ -22,6 +22,11 @@ public struct SamplerParams {
     public init() {}
 }
 
+/// The stages of a generation, as progress reports them.
+public enum GenerationStage: Int32, Sendable {
+    case textEncoding = 0, denoising = 1, decoding = 2
+}
+
 /// One generation: start noise, scheduler, RNG and the current x_t, driven like a diffusers pipeline.
 /// Used by one thread at a time; `cancel()` may come from any thread.
 public final class Sampler {
@@ -35,6 +40,12 @@ public final class Sampler {
     public private(set) var unconditional: Conditioning?
     /// Why guidance is impossible when `unconditional` is nil (for the error message).
     private let noUnconditionalReason: String
+    /// Work the first step does before denoising: a text pipeline encodes its prompts then
+    /// (conditional and unconditional text states), so creating a sampler stays cheap and the
+    /// encoding reports progress and can be cancelled.
+    private var pendingTextStates: (() throws -> (Tokens, Tokens))?
+    /// Called at each stage's progress (stage, done, total); false cancels.
+    public var stageCallback: ((GenerationStage, Int, Int) -> Bool)? = nil
     public let scheduler: Scheduler
     public let schedulerName: String
     public let shape: SampleShape
@@ -82,6 +93,7 @@ public final class Sampler {
                       stored: model.schedulerSettings(for:), defaultScheduler: model.defaultScheduler,
                       conditional: setup.conditional, unconditional: setup.unconditional,
                       noUnconditionalReason: setup.noUnconditionalReason, guidesAboveOneOnly: model.latent != nil)
+        pendingTextStates = setup.textStates
         let outFactor = scheduler.modelOutputChannelFactor
         let (inC, outC) = (network.sampleChannels, network.outChannels)
         guard outC == inC * outFactor else {
@@ -186,6 +198,47 @@ public final class Sampler {
         unconditional != nil && (guidesAboveOneOnly ? guidanceScale > 1 : guidanceScale != 1)
     }
 
+    /// Sets the text states (prompt and negative prompt, [batch, tokens, width]) in place of any
+    /// prompt still to be encoded; other conditioning (inpainting's channels) stays.
+    public func setTextStates(_ conditional: Tokens, unconditional: Tokens) {
+        pendingTextStates = nil
+        self.conditional.context = conditional
+        var u = self.unconditional ?? Conditioning()
+        u.context = unconditional
+        self.unconditional = u
+    }
+
+    /// Extra input channels (inpainting's mask and masked-image latents) for both halves.
+    public func setExtraChannels(_ extra: Tensor) {
+        conditional.extraChannels = extra
+        unconditional?.extraChannels = extra
+    }
+
+    /// A pending cancel, consumed: throws CANCELLED naming `when`.
+    public func checkCancelled(_ when: String) throws {
+        if cancelRequested.exchange(false, ordering: .relaxed) {
+            throw DiffusionError(.cancelled, "cancelled \(when)")
+        }
+    }
+
+    /// Reports a stage's progress to the stage callback; false from it cancels.
+    public func report(_ stage: GenerationStage, _ done: Int, of total: Int) throws {
+        if let stageCallback, !stageCallback(stage, done, total) {
+            throw DiffusionError(.cancelled, "cancelled by the progress callback during \(stage)")
+        }
+    }
+
+    /// Encodes the prompts if that is still to be done (the first step does it).
+    public func prepareTextStates() throws {
+        guard let encode = pendingTextStates else { return }
+        try checkCancelled("before the prompt was encoded")
+        try report(.textEncoding, 0, of: 1)
+        let (c, u) = try encode()
+        setTextStates(c, unconditional: u)
+        try report(.textEncoding, 1, of: 1)
+        try checkCancelled("after the prompt was encoded")
+    }
+
     /// Replaces what conditions the network (e.g. other class labels), before or between steps.
     public func setConditioning(_ conditional: Conditioning, unconditional: Conditioning?) {
         self.conditional = conditional
@@ -287,9 +340,7 @@ public final class Sampler {
     /// Runs one iteration; returns the iterations left after it.
     @discardableResult
     public func step() throws -> Int {
-        if cancelRequested.exchange(false, ordering: .relaxed) {
-            throw DiffusionError(.cancelled, "cancelled before step \(stepIndex + 1) of \(totalSteps)")
-        }
+        try checkCancelled("before step \(stepIndex + 1) of \(totalSteps)")
         guard iteration < scheduler.timesteps.count else {
             throw DiffusionError(.invalidState, "all \(totalSteps) steps are done")
         }
@@ -298,6 +349,7 @@ public final class Sampler {
         }
         stepping = true
         defer { stepping = false }
+        try prepareTextStates()
         let i = iteration
         let t = scheduler.timesteps[i]
         guard latentsChecked || latents.data.allFinite(count) else {
@@ -435,7 +487,8 @@ public final class Sampler {
         }
     }
 
-    /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels.
+    /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels, as does
+    /// the stage callback.
     public func run(progress: ((Int, Int, Float) -> Bool)?) throws {
         while iteration < scheduler.timesteps.count {
             let t = scheduler.timesteps[iteration]
@@ -443,6 +496,17 @@ public final class Sampler {
             if let progress, !progress(stepIndex, totalSteps, t) {
                 throw DiffusionError(.cancelled, "cancelled by the progress callback after step \(stepIndex) of \(totalSteps)")
             }
+            try report(.denoising, stepIndex, of: totalSteps)
+        }
+    }
+
+    /// The current sample decoded to images in [-1, 1] (the model's VAE, or x itself), with the
+    /// decoding stage reported and cancel checked before each image.
+    public func decodedImages() throws -> Tensor {
+        guard let model else { return latents }
+        return try model.decode(latents) { done, total in
+            if done < total { try self.checkCancelled("while decoding (image \(done + 1) of \(total))") }
+            try self.report(.decoding, done, of: total)
         }
     }
 

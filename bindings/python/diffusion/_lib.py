@@ -105,6 +105,8 @@ class PredictParams(ctypes.Structure):
 
 # bool (*)(int32_t step, int32_t total_steps, float timestep, void *user_data)
 PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_int32, ctypes.c_int32, ctypes.c_float, ctypes.c_void_p)
+# bool (*)(diffusion_stage stage, int32_t done, int32_t total, void *user_data)
+STAGE_FN = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p)
 
 _P = ctypes.POINTER
 _f32p = _P(ctypes.c_float)
@@ -151,6 +153,7 @@ PROTOTYPES = {
     "diffusion_sampler_set_latents": (c_status, [c_sampler_p, _f32p, ctypes.c_size_t]),
     "diffusion_sampler_step": (c_status, [c_sampler_p, _i32p]),
     "diffusion_sampler_run": (c_status, [c_sampler_p, PROGRESS_FN, ctypes.c_void_p]),
+    "diffusion_sampler_set_stage_callback": (c_status, [c_sampler_p, STAGE_FN, ctypes.c_void_p]),
     "diffusion_sampler_progress": (c_status, [c_sampler_p, _i32p, _i32p]),
     "diffusion_sampler_cancel": (None, [c_sampler_p]),
     "diffusion_sampler_get_images": (c_status, [c_sampler_p, _u8p, ctypes.c_size_t]),

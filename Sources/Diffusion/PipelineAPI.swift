@@ -121,8 +121,11 @@ public func diffusion_model_predict_ex(_ model: OpaquePointer!, _ params: Unsafe
         if let labels = p.class_labels { conditioning.classLabels = (0..<n).map { Int(labels[$0]) } }
         if let context = p.context {
             let tokens = Int(p.context_tokens), width = Int(p.context_width)
+            guard info.contextWidth > 0 else { throw invalid("this model takes no text states (context must be NULL)") }
+            guard width == info.contextWidth, tokens >= 1, tokens <= 4096 else {
+                throw invalid("context is [\(n), \(tokens), \(width)]; expected [\(n), 1...4096 tokens, \(info.contextWidth)]")
+            }
             let count = try elementCount([n, tokens, width], "context")
-            guard tokens <= 4096 else { throw invalid("context_tokens \(tokens) is out of range") }
             let states = Tokens(n: n, length: tokens, width: width)
             states.data.update(from: context, count: count)
             conditioning.context = states

@@ -69,4 +69,24 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* One named test of a suite. */
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} test_case;
+
+/* Runs the tests in order, a line each, then the summary; the process's exit status. */
+static int run_tests(const char *suite, const test_case *tests, size_t count) {
+    double start = now_seconds();
+    for (size_t i = 0; i < count; i++) {
+        int before = g_failures;
+        double t0 = now_seconds();
+        tests[i].fn();
+        printf("%-26s %s (%.2f s)\n", tests[i].name, g_failures == before ? "ok" : "FAILED", now_seconds() - t0);
+        fflush(stdout);
+    }
+    printf("%s: %d checks, %d failed (%.1f s)\n", suite, g_checks, g_failures, now_seconds() - start);
+    return g_failures ? 1 : 0;
+}
+
 #endif

@@ -1416,10 +1416,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     g_fixtures = argv[1];
-    struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {
+    static const test_case tests[] = {
         {"version_and_status", test_version_and_status},
         {"out_of_memory", test_out_of_memory},  /* forks: before any test starts threads */
         {"last_error_per_thread", test_last_error_per_thread},
@@ -1440,14 +1437,5 @@ int main(int argc, char **argv) {
         {"custom_denoiser", test_custom_denoiser},
         {"classifier_guidance_img2img", test_classifier_guidance_and_img2img},
     };
-    double start = now_seconds();
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int before = g_failures;
-        double t0 = now_seconds();
-        tests[i].fn();
-        printf("%-26s %s (%.2f s)\n", tests[i].name, g_failures == before ? "ok" : "FAILED", now_seconds() - t0);
-        fflush(stdout);
-    }
-    printf("test_api: %d checks, %d failed (%.1f s)\n", g_checks, g_failures, now_seconds() - start);
-    return g_failures ? 1 : 0;
+    return run_tests("test_api", tests, sizeof tests / sizeof tests[0]);
 }

@@ -327,10 +327,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     g_fixtures = argv[1];
-    struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {
+    static const test_case tests[] = {
         {"info", test_info},
         {"text", test_text},
         {"vae", test_vae},
@@ -341,14 +338,5 @@ int main(int argc, char **argv) {
         {"stages_and_cancel", test_stages_and_cancel},
         {"broken_pipelines", test_broken_pipelines},
     };
-    double start = now_seconds();
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int before = g_failures;
-        double t0 = now_seconds();
-        tests[i].fn();
-        printf("%-26s %s (%.2f s)\n", tests[i].name, g_failures == before ? "ok" : "FAILED", now_seconds() - t0);
-        fflush(stdout);
-    }
-    printf("test_sd_api: %d checks, %d failed (%.1f s)\n", g_checks, g_failures, now_seconds() - start);
-    return g_failures ? 1 : 0;
+    return run_tests("test_sd_api", tests, sizeof tests / sizeof tests[0]);
 }

@@ -34,8 +34,8 @@ public final class Sampler {
     public let model: DiffusionModel?
     /// The network, and what conditions it: `conditional` for the batch, `unconditional` (same
     /// batch) for classifier-free guidance when the model has one.
-    private let network: Denoiser
-    private let threads: Int
+    let network: Denoiser
+    let threads: Int
     public private(set) var conditional: Conditioning
     public private(set) var unconditional: Conditioning?
     /// Why guidance is impossible when `unconditional` is nil (for the error message).
@@ -58,7 +58,7 @@ public final class Sampler {
     private var generator: TorchGenerator
     private let seed: UInt64
     /// Text pipelines guide only above 1 and may rescale the guided prediction (diffusers' rules).
-    private let guidesAboveOneOnly: Bool
+    let guidesAboveOneOnly: Bool
     public private(set) var guidanceRescale: Float = 0
     /// Inpainting with a UNet of x_t's channels: after each step the known region (mask 0) is
     /// replaced by the image latents noised to the next step's level (the clean latents at the end).
@@ -67,7 +67,7 @@ public final class Sampler {
     private var startNoise: [Float]
     private var initImage: [Float]? = nil
     private var latents: Tensor
-    private var classifier: (gradient: DenoiseFunction, scale: Float)? = nil
+    var classifier: (gradient: DenoiseFunction, scale: Float)? = nil
     private let cancelRequested = Atomic<Bool>(false)
     /// Set during a step, so a callback that steps its own sampler gets an error, not a tangle.
     private var stepping = false
@@ -194,7 +194,7 @@ public final class Sampler {
     }
 
     /// Whether a step evaluates the unconditional input too.
-    private var guides: Bool {
+    var guides: Bool {
         unconditional != nil && (guidesAboveOneOnly ? guidanceScale > 1 : guidanceScale != 1)
     }
 
@@ -423,70 +423,6 @@ public final class Sampler {
         return remainingSteps
     }
 
-    /// eps' = eps − sqrt(1 − ᾱ) s ∇log p(y|x_t) (Dhariwal & Nichol, Algorithm 2), written in the
-    /// model's prediction type: v moves by Δeps / sqrt(ᾱ), x_0 by −sqrt(1 − ᾱ) / sqrt(ᾱ) Δeps.
-    private func applyEpsilonGuidance(_ grad: [Float], scale: Float, index: Int, to output: Tensor) {
-        let a = scheduler.alphaProd(at: index)
-        let b = (1 - a).squareRoot()
-        let factor: Float
-        switch scheduler.config.predictionType {
-        case .epsilon: factor = 1
-        case .vPrediction: factor = 1 / a.squareRoot()
-        case .sample: factor = -b / a.squareRoot()
-        }
-        let per = shape.perSample, outPer = output.count / batch
-        for n in 0..<batch {
-            for k in 0..<per { output.data[n * outPer + k] += factor * (-b * scale * grad[n * per + k]) }
-        }
-    }
-
-    /// The network's output for the model input x, with classifier-free guidance when the scale is
-    /// not 1: out = out_uncond + scale (out_cond − out_uncond), both halves evaluated as one batch
-    /// (unconditional first, as diffusers). With learned variances (2C output channels) only the
-    /// first C are guided; the variance channels come from the conditional half (as GLIDE and DiT).
-    private func evaluate(_ x: Tensor, timestep t: Float) throws -> Tensor {
-        guard guides, let unconditional else {
-            do {
-                return try network.predict(x, timesteps: [Float](repeating: t, count: batch), conditioning: conditional, threads: threads)
-            } catch let e as DiffusionError where model == nil {
-                throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
-            }
-        }
-        let doubled = Tensor.concatenatedBatch([x, x])
-        let out = try network.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
-                                      conditioning: .batch(unconditional, conditional), threads: threads)
-        let guided = Tensor(n: batch, c: out.c, h: height, w: width)
-        let half = guided.count, s = guidanceScale
-        let outPer = half / batch, guidedPer = shape.perSample
-        for b in 0..<batch {
-            for k in 0..<outPer {
-                let i = b * outPer + k
-                let u = out.data[i], c = out.data[half + i]
-                guided.data[i] = k < guidedPer ? u + s * (c - u) : c
-            }
-        }
-        if guidanceRescale > 0 { rescaleGuided(guided, conditional: out.data + half) }
-        return guided
-    }
-
-    /// diffusers' rescale_noise_cfg: per sample, std over (C, H, W) with Bessel's correction, as torch.
-    private func rescaleGuided(_ guided: Tensor, conditional text: UnsafePointer<Float>) {
-        let per = guided.count / batch, r = guidanceRescale
-        func std(_ p: UnsafePointer<Float>) -> Double {
-            var mean = 0.0
-            for k in 0..<per { mean += Double(p[k]) }
-            mean /= Double(per)
-            var ss = 0.0
-            for k in 0..<per { let d = Double(p[k]) - mean; ss += d * d }
-            return (ss / Double(max(per - 1, 1))).squareRoot()
-        }
-        for b in 0..<batch {
-            let g = guided.data + b * per
-            let factor = Float(std(text + b * per) / std(UnsafePointer(g)))
-            for k in 0..<per { g[k] = r * (g[k] * factor) + (1 - r) * g[k] }
-        }
-    }
-
     /// Runs the remaining steps; `progress(step, total, timestep)` returning false cancels, as does
     /// the stage callback.
     public func run(progress: ((Int, Int, Float) -> Bool)?) throws {
@@ -517,30 +453,3 @@ public final class Sampler {
     public var isFinished: Bool { iteration >= scheduler.timesteps.count }
 }
 
-extension UnsafeMutablePointer where Pointee == Float {
-    public func allFinite(_ count: Int) -> Bool {
-        var ok = true
-        for i in 0..<count { ok = ok && self[i].isFinite }
-        return ok
-    }
-}
-
-/// Spherical linear interpolation between two noise tensors (for smooth morphs between seeds):
-/// with θ the angle between a and b, (sin((1−t)θ) a + sin(tθ) b) / sin θ; linear when a and b are
-/// nearly parallel (|cos θ| > 0.9995). Computed in double.
-public func slerp(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int, t: Double,
-                  into out: UnsafeMutablePointer<Float>) {
-    var dot = 0.0, na = 0.0, nb = 0.0
-    for i in 0..<count {
-        let x = Double(a[i]), y = Double(b[i])
-        dot += x * y; na += x * x; nb += y * y
-    }
-    let cosTheta = na > 0 && nb > 0 ? dot / (na.squareRoot() * nb.squareRoot()) : 1
-    var wa = 1 - t, wb = t
-    if abs(cosTheta) <= 0.9995 {
-        let theta = acos(cosTheta), s = sin(theta)
-        wa = sin((1 - t) * theta) / s
-        wb = sin(t * theta) / s
-    }
-    for i in 0..<count { out[i] = Float(wa * Double(a[i]) + wb * Double(b[i])) }
-}

@@ -48,6 +48,9 @@ import transformers
 from transformers import CLIPTokenizer
 from transformers.tokenization_python import _is_control, _is_whitespace
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_vocab import bytes_to_unicode  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "Tests", "Fixtures")
 MAX_LENGTH = 77
@@ -398,18 +401,6 @@ PROBES = [
 
 # ----------------------------------------------------------------------------------------------
 # transformers 4.x slow CLIPTokenizer without ftfy, for the comparison only
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 class SlowV4:

@@ -4,11 +4,7 @@
 public final class UNet2DConditionModel {
     public let config: UNet2DConditionConfig
 
-    private struct Level {
-        var resnets: [ResnetBlock2D] = []
-        var transformers: [SpatialTransformer] = []
-        var resample: Conv2d? = nil   // Downsample2D or Upsample2D conv
-    }
+    private typealias Level = UNetLevel<SpatialTransformer>
 
     private let convIn: Conv2d
     private let timeMLP: TimestepMLP
@@ -50,7 +46,7 @@ public final class UNet2DConditionModel {
                 let p = "down_blocks.\(i)"
                 level.resnets.append(try resnet("\(p).resnets.\(j)", j == 0 ? input : output, output))
                 if type == "CrossAttnDownBlock2D" {
-                    level.transformers.append(try transformer("\(p).attentions.\(j)", output, heads: config.attentionHeads[i],
+                    level.attentions.append(try transformer("\(p).attentions.\(j)", output, heads: config.attentionHeads[i],
                                                               layers: config.transformerLayersPerBlock[i]))
                 }
             }
@@ -90,7 +86,7 @@ public final class UNet2DConditionModel {
                 let resIn = j == 0 ? prevOutput : output
                 level.resnets.append(try resnet("\(p).resnets.\(j)", resIn + skip, output))
                 if type == "CrossAttnUpBlock2D" {
-                    level.transformers.append(try transformer("\(p).attentions.\(j)", output, heads: rHeads[i], layers: rTransformers[i]))
+                    level.attentions.append(try transformer("\(p).attentions.\(j)", output, heads: rHeads[i], layers: rTransformers[i]))
                 }
             }
             if i != levels - 1 {
@@ -140,33 +136,11 @@ public final class UNet2DConditionModel {
             for i in 0..<x.count { sample.data[i] = 2 * x.data[i] - 1 }
         }
         sample = convIn(sample, threads: threads)
-        var skips = [sample]
-        for level in down {
-            for (j, r) in level.resnets.enumerated() {
-                sample = r(sample, activatedEmb: emb, threads: threads)
-                if !level.transformers.isEmpty { sample = level.transformers[j](sample, context: context, threads: threads) }
-                skips.append(sample)
-            }
-            if let conv = level.resample {
-                sample = conv(sample, threads: threads)
-                skips.append(sample)
-            }
-        }
-        if let (r0, attn, r1) = mid {
-            sample = r0(sample, activatedEmb: emb, threads: threads)
-            sample = attn(sample, context: context, threads: threads)
-            sample = r1(sample, activatedEmb: emb, threads: threads)
-        }
-        for level in up {
-            for (j, r) in level.resnets.enumerated() {
-                sample = r(concatChannels(sample, skips.removeLast()), activatedEmb: emb, threads: threads)
-                if !level.transformers.isEmpty { sample = level.transformers[j](sample, context: context, threads: threads) }
-            }
-            if let conv = level.resample, let next = skips.last {
-                // Sizes that are not multiples of 2^levels: upsample to the next skip's size (diffusers' upsample_size).
-                sample = conv(upsampleNearest(sample, h: next.h, w: next.w), threads: threads)
-            }
-        }
+        sample = unetBody(sample, down: down, mid: { x in
+            guard let (r0, attn, r1) = self.mid else { return x }
+            let h = attn(r0(x, activatedEmb: emb, threads: threads), context: context, threads: threads)
+            return r1(h, activatedEmb: emb, threads: threads)
+        }, up: up, emb: emb, threads: threads) { transformer, x in transformer(x, context: context, threads: threads) }
         sample = normOut(sample, silu: true, threads: threads)
         return convOut(sample, threads: threads)
     }

@@ -6,11 +6,7 @@ import Glibc
 public final class UNet2DModel {
     public let config: UNet2DConfig
 
-    private struct Level {
-        var resnets: [ResnetBlock2D] = []
-        var attentions: [SpatialSelfAttention] = []
-        var resample: Conv2d? = nil   // Downsample2D or Upsample2D conv
-    }
+    private typealias Level = UNetLevel<SpatialSelfAttention>
 
     private let convIn: Conv2d
     private let timeMLP: TimestepMLP
@@ -168,32 +164,12 @@ public final class UNet2DModel {
             for i in 0..<x.count { sample.data[i] = 2 * x.data[i] - 1 }
         }
         sample = convIn(sample, threads: threads)
-        var skips = [sample]
-        for level in down {
-            for (j, r) in level.resnets.enumerated() {
-                sample = r(sample, activatedEmb: emb, threads: threads)
-                if !level.attentions.isEmpty { sample = level.attentions[j](sample, threads: threads) }
-                skips.append(sample)
-            }
-            if let conv = level.resample {
-                sample = conv(sample, threads: threads)
-                skips.append(sample)
-            }
-        }
-        if let (r0, attn, r1) = mid {
-            sample = r0(sample, activatedEmb: emb, threads: threads)
-            if let attn { sample = attn(sample, threads: threads) }
-            sample = r1(sample, activatedEmb: emb, threads: threads)
-        }
-        for level in up {
-            for (j, r) in level.resnets.enumerated() {
-                sample = r(concatChannels(sample, skips.removeLast()), activatedEmb: emb, threads: threads)
-                if !level.attentions.isEmpty { sample = level.attentions[j](sample, threads: threads) }
-            }
-            if let conv = level.resample {
-                sample = conv(upsampleNearest2x(sample), threads: threads)
-            }
-        }
+        sample = unetBody(sample, down: down, mid: { x in
+            guard let (r0, attn, r1) = self.mid else { return x }
+            var h = r0(x, activatedEmb: emb, threads: threads)
+            if let attn { h = attn(h, threads: threads) }
+            return r1(h, activatedEmb: emb, threads: threads)
+        }, up: up, emb: emb, threads: threads) { attention, x in attention(x, threads: threads) }
         sample = normOut(sample, silu: true, threads: threads)
         return convOut(sample, threads: threads)
     }

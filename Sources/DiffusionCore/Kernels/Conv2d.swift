@@ -138,29 +138,42 @@ public struct Conv2d {
         // Padded rows 0..<ph hold input rows top ..< top + ph.
         let top = firstRow * stride - padTop
         let ph = (rows - 1) * stride + kernel, pw = w + padLeft + padRight
-        let padded = FloatBuffer(count: ph * pw)
-        withExtendedLifetime(padded) {
-            let p = padded.pointer
-            p.update(repeating: 0, count: ph * pw)
-            var r = max(0, -top)
-            while r < min(ph, h - top) {
-                (p + r * pw + padLeft).update(from: plane + (top + r) * w, count: w)
-                r += 1
+        // Stack scratch for the usual small planes; pooled heap memory for big bands.
+        if ph * pw <= 1 << 14 {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: ph * pw) { buffer in
+                fillIm2col(buffer.baseAddress!, plane: plane, top: top, ph: ph, pw: pw, h: h, w: w,
+                           rows: rows, ow: ow, col: col, channel: ci, ld: ld)
             }
-            var row = col + ci * kernel * kernel * ld
-            for ky in 0..<kernel {
-                for kx in 0..<kernel {
-                    for oy in 0..<rows {
-                        let src = p + (oy * stride + ky) * pw + kx
-                        let dst = row + oy * ow
-                        if stride == 1 {
-                            copyShortRow(dst, src, count: ow)
-                        } else {
-                            for ox in 0..<ow { dst[ox] = src[ox * stride] }
-                        }
+        } else {
+            let padded = FloatBuffer(count: ph * pw)
+            fillIm2col(padded.pointer, plane: plane, top: top, ph: ph, pw: pw, h: h, w: w,
+                       rows: rows, ow: ow, col: col, channel: ci, ld: ld)
+            withExtendedLifetime(padded) {}
+        }
+    }
+
+    @inline(__always)
+    private func fillIm2col(_ p: UnsafeMutablePointer<Float>, plane: UnsafePointer<Float>, top: Int, ph: Int, pw: Int,
+                            h: Int, w: Int, rows: Int, ow: Int, col: UnsafeMutablePointer<Float>, channel ci: Int, ld: Int) {
+        p.update(repeating: 0, count: ph * pw)
+        var r = max(0, -top)
+        while r < min(ph, h - top) {
+            (p + r * pw + padLeft).update(from: plane + (top + r) * w, count: w)
+            r += 1
+        }
+        var row = col + ci * kernel * kernel * ld
+        for ky in 0..<kernel {
+            for kx in 0..<kernel {
+                for oy in 0..<rows {
+                    let src = p + (oy * stride + ky) * pw + kx
+                    let dst = row + oy * ow
+                    if stride == 1 {
+                        copyShortRow(dst, src, count: ow)
+                    } else {
+                        for ox in 0..<ow { dst[ox] = src[ox * stride] }
                     }
-                    row += ld
                 }
+                row += ld
             }
         }
     }

@@ -18,7 +18,10 @@ import numpy as np
 from ._callbacks import _callback_sinks, _defer_sigint, _ensure_unraisable_hook
 from ._errors import _error
 from ._lib import PROGRESS_FN as _PROGRESS_FN
+from ._lib import STAGE_FN as _STAGE_FN
 from ._lib import library
+
+_STAGE_NAMES = {0: "text_encoding", 1: "denoising", 2: "decoding"}
 
 
 class SamplerRunning:
@@ -70,7 +73,7 @@ class SamplerRunning:
                 raise err
         return remaining.value > 0
 
-    def run(self, progress=None) -> np.ndarray:
+    def run(self, progress=None, *, stage=None) -> np.ndarray:
         """Runs the remaining steps and returns the final sample (float32 [N, C, H, W], exactly as
         the scheduler left it: not clamped).
 
@@ -80,9 +83,15 @@ class SamplerRunning:
         A cancelled run (callback, cancel()) raises DiffusionError with status ERROR_CANCELLED;
         Ctrl-C stops it after the current step and raises KeyboardInterrupt. Either way the sampler
         keeps the last x_t and can continue with step() or run().
+
+        stage(name, done, total), if given, reports the run's stages: "text_encoding" (0 then 1 of
+        1, a text pipeline's prompt, encoded by the first step) and "denoising" (after each step);
+        returning False cancels like progress.
         """
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable or None")
+        if stage is not None and not callable(stage):
+            raise TypeError("stage must be callable or None")
         raised = []
         interrupted = []  # Ctrl-C, deferred by _c_call
 
@@ -99,12 +108,30 @@ class SamplerRunning:
                 raised.append(e)
                 return False
 
+        def stage_callback(kind, done, total, _user_data):
+            try:
+                if stage is None:
+                    return not (self._close_pending or interrupted)
+                result = stage(_STAGE_NAMES.get(int(kind), str(kind)), int(done), int(total))
+                if self._close_pending or interrupted:
+                    return False
+                return True if result is None else bool(result)
+            except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+                raised.append(e)
+                return False
+
         # Always passed (even without progress) so that Ctrl-C, which Python can only notice while a
         # callback runs, cancels the run after the current step instead of waiting for the end.
         c_callback = _PROGRESS_FN(callback)  # alive until the C call returns
+        c_stage = _STAGE_FN(stage_callback)
         with self._use(mutating=True) as h:
             with self._c_call(interrupted, extra_sink=(callback, raised)) as errors:
-                status = library().sampler_run(h, c_callback, None)
+                lib = library()
+                lib.sampler_set_stage_callback(h, c_stage, None)
+                try:
+                    status = lib.sampler_run(h, c_callback, None)
+                finally:
+                    lib.sampler_set_stage_callback(h, _STAGE_FN(), None)
                 err = _error(status) if status != 0 else None
             if interrupted:
                 raise KeyboardInterrupt

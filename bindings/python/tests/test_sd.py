@@ -428,3 +428,18 @@ def test_text_calls_on_a_pixel_model(plain):
     # pixel models keep their default, no guidance (this one has no unconditional input: guidance would fail)
     with plain.sampler(steps=2) as s:
         s.run()
+
+
+def test_run_reports_stages_and_cancels_in_text_encoding(sd1):
+    seen = []
+    with sd1.sampler(prompt="a cat", steps=2, scheduler="ddim", height=64, width=64) as s:
+        with pytest.raises(diffusion.DiffusionError) as info:
+            s.run(stage=lambda name, done, total: seen.append((name, done, total)) or name != "text_encoding")
+        assert info.value.status == diffusion.Status.ERROR_CANCELLED
+        assert seen == [("text_encoding", 0, 1)] and s.steps_done == 0
+        seen.clear()
+        s.run(stage=lambda *a: seen.append(a))
+        assert seen == [("text_encoding", 0, 1), ("text_encoding", 1, 1), ("denoising", 1, 2), ("denoising", 2, 2)]
+        assert s.images().shape == (1, 64, 64, 3)
+        with pytest.raises(TypeError, match="stage"):
+            s.run(stage=3)

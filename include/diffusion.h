@@ -287,7 +287,9 @@ diffusion_status diffusion_sampler_set_classifier_guidance(diffusion_sampler *sa
                                                            void *user_data, float scale);
 
 /* img2img: start from an image instead of pure noise (a latent model encodes it with its VAE,
- * drawing the posterior sample before the start noise, as diffusers' img2img pipeline). strength in (0, 1] picks how much of the
+ * drawing the posterior sample before the start noise, as diffusers' img2img pipeline: the start
+ * noise is drawn anew from the seed after it, replacing any diffusion_sampler_set_start_noise;
+ * diffusion_sampler_set_mask does the same). strength in (0, 1] picks how much of the
  * schedule runs, as diffusers' img2img pipelines do: init = min(int(steps * strength), steps),
  * the first (steps - init) x order iterations are skipped, and the image is noised to the level of
  * the first remaining one with the sampler's start noise (add_noise). strength 1 starts from

@@ -250,7 +250,7 @@ public final class DiffusionModel {
     }
 
     /// Channels of the decoded images.
-    public var imageChannels: Int { conditionUNet != nil ? 3 : info.latentChannels }
+    public var imageChannels: Int { latent?.vae.config.outChannels ?? info.latentChannels }
 
     /// Images in [-1, 1] (NCHW) from samples x_0: the VAE's decode for a latent model, the
     /// identity for a pixel-space one.

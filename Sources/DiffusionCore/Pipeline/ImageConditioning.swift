@@ -84,8 +84,7 @@ extension DiffusionModel {
             maskedLatents = batched(try latent.encode(masked, generator: &generator, threads: threads), sampler.batch)
             g = generator ?? g
         })
-        if let imageLatents { try sampler.setStrength(strength, imageLatents: imageLatents.copyToArray()) }
-        else { try sampler.setStrength(strength, imageLatents: [Float](repeating: 0, count: sampler.count)) }
+        try sampler.setStrength(strength, imageLatents: imageLatents?.copyToArray())
         if nineChannels, let maskedLatents {
             let maskTensor = Tensor(n: sampler.batch, c: 1, h: h, w: w)
             latentMask.withUnsafeBufferPointer { maskTensor.data.update(from: $0.baseAddress!, count: $0.count) }

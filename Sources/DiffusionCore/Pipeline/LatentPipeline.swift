@@ -29,6 +29,9 @@ public final class LatentPipeline {
         } catch let e as DiffusionError {
             throw e.code == .modelMismatch ? e : e.context(vaeConfigPath)
         }
+        guard vaeConfig.inChannels == vaeConfig.outChannels else {
+            throw DiffusionError(.unsupported, "\(vaeConfigPath): in_channels \(vaeConfig.inChannels) differs from out_channels \(vaeConfig.outChannels) (the init image and the output must have the same channels)")
+        }
         guard textEncoder.hiddenSize == unet.crossAttentionDim else {
             throw DiffusionError(.modelMismatch, "the text encoder's width \(textEncoder.hiddenSize) differs from the UNet's cross_attention_dim \(unet.crossAttentionDim)")
         }

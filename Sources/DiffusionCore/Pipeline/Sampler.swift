@@ -307,13 +307,19 @@ public final class Sampler {
         blend = (imageLatents, mask)
     }
 
-    /// Inpainting's strength: below 1 the run starts from `imageLatents` noised to the chosen level
-    /// (as img2img); 1 starts from noise. Before the first step.
-    public func setStrength(_ strength: Double, imageLatents: [Float]) throws {
+    /// Inpainting's strength: below 1 the run starts from `imageLatents` (needed then) noised to
+    /// the chosen level (as img2img); 1 starts from noise. Before the first step.
+    public func setStrength(_ strength: Double, imageLatents: [Float]?) throws {
         try checkNotStarted("strength")
-        guard imageLatents.count == count else { throw DiffusionError(.internal, "image latents of the wrong size") }
         let begin = try firstIteration(strength: strength)
-        initImage = strength < 1 ? imageLatents : nil
+        if strength < 1 {
+            guard let imageLatents, imageLatents.count == count else {
+                throw DiffusionError(.internal, "inpainting below strength 1 without image latents of the sampler's size")
+            }
+            initImage = imageLatents
+        } else {
+            initImage = nil
+        }
         firstIteration = strength < 1 ? begin : 0
         iteration = firstIteration
         resetStart()

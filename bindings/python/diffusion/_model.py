@@ -11,6 +11,7 @@ import threading
 import numpy as np
 
 from ._args import _INT32_MAX, _c_string, _f32p, _i32p, _int, _labels, _new_params
+from ._closing import Closing
 from ._errors import DiffusionError, _check
 from ._lib import ModelInfo as _ModelInfo
 from ._lib import ModelParams as _ModelParams
@@ -23,7 +24,7 @@ _INFO_FIELDS = ("in_channels", "out_channels", "sample_size", "num_class_embeds"
                 "latent_channels", "vae_scale_factor", "context_length", "context_width")
 
 
-class Model(LatentFacet):
+class Model(Closing, LatentFacet):
     """A loaded model: a UNet2DModel (+ scheduler config), or a Stable Diffusion 1.x / 2.x pipeline
     folder (text encoder, tokenizer, UNet2DConditionModel, VAE, scheduler). Immutable; safe to share
     between threads.
@@ -104,18 +105,6 @@ class Model(LatentFacet):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         state = "closed" if self._closed else f"in_channels={self.in_channels}, sample_size={self.sample_size}"

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._args import _INT32_MAX, _c_string, _f32p, _i32p, _int, _labels, _new_params, _shape, _u8p
 from ._callbacks import _denoise_callback
+from ._closing import Closing
 from ._errors import DiffusionError, _check, _error
 from ._lib import DENOISE_FN as _DENOISE_FN
 from ._lib import SamplerParams as _SamplerParams
@@ -21,7 +22,7 @@ from ._sampler_running import SamplerRunning
 from ._sampler_settings import SamplerSettings
 
 
-class Sampler(SamplerSettings, SamplerRunning):
+class Sampler(Closing, SamplerSettings, SamplerRunning):
     """One generation: the scheduler's state and x_t, advanced by :meth:`step` or :meth:`run`.
 
     The network is either a loaded :class:`Model` (``Sampler(model, ...)``, or ``model.sampler(...)``)
@@ -226,18 +227,6 @@ class Sampler(SamplerSettings, SamplerRunning):
     @property
     def closed(self) -> bool:
         return self._handle is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if self._handle is None:

@@ -20,23 +20,23 @@ func spatialAttention(q: Tensor, k: Tensor, v: Tensor, heads: Int, threads: Int)
         let i0 = (job % blocks) * rowBlock, rows = min(rowBlock, tokens - i0)
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * tokens)
         defer { scores.deallocate() }
-        // scores[i, j] = scale * Σ_c q[c, i0 + i] k[c, j]
-        sgemm(transA: true, m: rows, n: tokens, k: d, alpha: scale,
-              a: q.data + offset + i0, lda: tokens, b: k.data + offset, ldb: tokens,
-              c: scores, ldc: tokens)
-        for i in 0..<rows { softmaxInPlace(scores + i * tokens, count: tokens) }
+        // scores[i, j] = Σ_c q[c, i0 + i] k[c, j] (the scale goes into the softmax)
+        gemm(m: rows, n: tokens, k: d, a: StridedSource(q.data + offset + i0, strideK: tokens, strideL: 1),
+             b: StridedSource(k.data + offset, strideK: tokens, strideL: 1),
+             out: GEMMOutput(c: scores, ldc: tokens, n: tokens), threads: 1)
+        for i in 0..<rows { softmaxInPlace(scores + i * tokens, count: tokens, scale: scale) }
         // out[c, i0 + i] = Σ_j v[c, j] scores[i, j]
-        sgemm(transB: true, m: d, n: rows, k: tokens,
-              a: v.data + offset, lda: tokens, b: scores, ldb: tokens,
-              c: out.data + offset + i0, ldc: tokens)
+        gemm(m: d, n: rows, k: tokens, a: StridedSource(v.data + offset, strideK: 1, strideL: tokens),
+             b: StridedSource(UnsafePointer(scores), strideK: 1, strideL: tokens),
+             out: GEMMOutput(c: out.data + offset + i0, ldc: tokens, n: rows), threads: 1)
     }
     return out
 }
 
-/// row = softmax(row) over `count` values, in float32: max, exp(x − max) with exp16 (~1 ulp), sum,
-/// scale. -inf entries (masked keys) give 0.
+/// row = softmax(scale · row) over `count` values (scale > 0), in float32: max, exp(scale · (x − max))
+/// with exp16 (~1 ulp), sum, normalise. -inf entries (masked keys) give 0.
 @inline(__always)
-func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
+func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int, scale: Float = 1) {
     let raw = UnsafeMutableRawPointer(row)
     var m16 = SIMD16<Float>(repeating: -.infinity)
     var j = 0
@@ -51,13 +51,13 @@ func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
     var s16 = SIMD16<Float>(repeating: 0)
     j = 0
     while j + 16 <= count {
-        let e = exp16(raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m)
+        let e = exp16((raw.loadUnaligned(fromByteOffset: 4 * j, as: SIMD16<Float>.self) - m) * scale)
         raw.storeBytes(of: e, toByteOffset: 4 * j, as: SIMD16<Float>.self)
         s16 += e
         j += 16
     }
     var sum = s16.sum()
-    while j < count { let e = expf(row[j] - m); row[j] = e; sum += e; j += 1 }
+    while j < count { let e = expf((row[j] - m) * scale); row[j] = e; sum += e; j += 1 }
     let inv = 1 / sum
     j = 0
     while j + 16 <= count {
@@ -87,16 +87,18 @@ func attention(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, ldk: 
         let qh = q + (b * queries + i0) * ldq + h * d
         let kh = k + b * keys * ldk + h * d
         let vh = v + b * keys * ldv + h * d
-        // scores[i, j] = scale · q_i · k_j
-        sgemm(transB: true, m: rows, n: keys, k: d, alpha: scale, a: qh, lda: ldq, b: kh, ldb: ldk, c: s, ldc: keys)
+        // scores[i, j] = q_i · k_j (the scale goes into the softmax)
+        gemm(m: rows, n: keys, k: d, a: StridedSource(qh, strideK: 1, strideL: ldq),
+             b: StridedSource(kh, strideK: 1, strideL: ldk), out: GEMMOutput(c: s, ldc: keys, n: keys), threads: 1)
         for i in 0..<rows {
             let row = s + i * keys
             if causal, i0 + i + 1 < keys { (row + i0 + i + 1).update(repeating: -.infinity, count: keys - i0 - i - 1) }
-            softmaxInPlace(row, count: keys)
+            softmaxInPlace(row, count: keys, scale: scale)
         }
         // out_i = Σ_j scores[i, j] v_j
-        sgemm(m: rows, n: d, k: keys, a: s, lda: keys, b: vh, ldb: ldv,
-              c: out + (b * queries + i0) * ldo + h * d, ldc: ldo)
+        gemm(m: rows, n: d, k: keys, a: StridedSource(UnsafePointer(s), strideK: 1, strideL: keys),
+             b: StridedSource(vh, strideK: ldv, strideL: 1),
+             out: GEMMOutput(c: out + (b * queries + i0) * ldo + h * d, ldc: ldo, n: d), threads: 1)
         withExtendedLifetime(scores) {}
     }
 }

@@ -1,6 +1,8 @@
-/// A 2-D convolution layer: weight [cout, cin, k, k] in its stored dtype (widened per call), bias.
+/// A 2-D convolution layer: weight [cout, cin, k, k] packed at load into gemm's A panels in its
+/// stored dtype (the file's pages are handed back once packed), bias.
 public struct Conv2d {
     public let weight: StoredTensor
+    let packed: PackedPanels
     public let bias: [Float]?
     public let cin: Int, cout: Int, kernel: Int, stride: Int
     /// Zero padding on each side (top, left, bottom, right).
@@ -12,168 +14,172 @@ public struct Conv2d {
         self.bias = bias
         self.cin = cin; self.cout = cout; self.kernel = kernel; self.stride = stride
         self.padTop = padTop; self.padLeft = padLeft; self.padBottom = padBottom; self.padRight = padRight
+        let kk = cin * kernel * kernel
+        precondition(weight.count == cout * kk, "conv weight shape")
+        packed = weight.packed(k: kk, width: cout, strideK: 1, strideL: kk, panel: MicroKernel.rows)
     }
+
+    /// Scratch a convolution holds beyond its output: each running GEMM tile's packed slabs
+    /// (under 1 MB), pooled per thread; an upper bound for memory estimates.
+    static let scratchBytes = 8 << 20
 
     public func outputSize(h: Int, w: Int) -> (h: Int, w: Int) {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)
     }
 
-    /// y = conv(x) + bias as GEMMs over a group of images laid side by side:
-    /// B = im2col of the group ([cin*k*k, images*oh*ow]), C = W · B.
-    /// C is cut into fixed tiles (independent of the thread count, so results are too), each a
-    /// single-threaded OpenBLAS call on one of our threads.
+    /// y = conv(x) + bias as one GEMM: C [cout, pixels of every image] = W [cout, cin·k·k] ·
+    /// im2col(x), where the im2col columns are made panel by panel as the GEMM packs them (never
+    /// in full) and the weight is read in its stored dtype.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         precondition(x.c == cin, "conv input channels")
-        return weight.withFloats(threads: threads) { convolve(x, weight: $0, threads: threads) }
-    }
-
-    /// The most one im2col matrix may take: larger images are done in bands of output rows.
-    static let im2colBudget = 32 << 20
-
-    private func convolve(_ x: Tensor, weight: UnsafePointer<Float>, threads: Int) -> Tensor {
         let (oh, ow) = outputSize(h: x.h, w: x.w)
         let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
-        let ohw = oh * ow, ihw = x.hw
-        let kk = cin * kernel * kernel
-        let direct = kernel == 1 && stride == 1 && padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0
-        if !direct && kk * ohw * 4 > Conv2d.im2colBudget {
-            // One image's im2col alone is too big (the VAE decoder at 512x512: 1.2 GB): bands.
-            let bandRows = max(1, Conv2d.im2colBudget / (kk * ow * 4))
-            let colBuffer = FloatBuffer(count: kk * min(bandRows, oh) * ow)
-            let col = colBuffer.pointer
-            for img in 0..<x.n {
-                for oy0 in Swift.stride(from: 0, to: oh, by: bandRows) {
-                    let rows = min(bandRows, oh - oy0), cols = rows * ow
-                    parallelFor(cin, threads: threads) { ci in
-                        im2col(x, image: img, channel: ci, firstRow: oy0, rows: rows, ow: ow, into: col, ld: cols)
-                    }
-                    gemmTiles(weight, segments: 1, segmentCols: cols, threads: threads) { _ in
-                        (UnsafePointer(col), cols, y.data + img * cout * ohw + oy0 * ow, ohw)
-                    }
-                }
+        let ohw = oh * ow, kk = cin * kernel * kernel
+        // Each image's columns padded to whole panels, so no panel spans two images.
+        let segment = (ohw + MicroKernel.cols - 1) / MicroKernel.cols * MicroKernel.cols
+        let source = Im2colSource(x: UnsafePointer(x.data), c: cin, h: x.h, w: x.w, kernel: kernel, stride: stride,
+                                  padTop: padTop, padLeft: padLeft, oh: oh, ow: ow, segment: segment)
+        let out = GEMMOutput(c: y.data, ldc: ohw, segmentColumns: segment, segmentValid: ohw, segmentStride: cout * ohw)
+        let a = packed
+        if let bias {
+            bias.withUnsafeBufferPointer { b in
+                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: .rows(b.baseAddress!), threads: threads)
             }
-            return withExtendedLifetime(colBuffer) { y }
-        }
-        // Images per group: keep B under ~16 MB. Large images write C straight into y (one tile
-        // never spans two images); small ones (late, low-resolution layers) share tiles through a
-        // staging buffer so their GEMMs are not tiny.
-        let group = max(1, min(x.n, (16 << 20) / max(1, kk * ohw * 4)))
-        let perImage = ohw >= 1024 || group == 1
-        let colBuffer = direct && group == 1 ? nil : FloatBuffer(count: kk * ohw * group)
-        let stagingBuffer = perImage ? nil : FloatBuffer(count: cout * ohw * group)
-        let col = colBuffer?.pointer, staging = stagingBuffer?.pointer
-        defer { withExtendedLifetime((colBuffer, stagingBuffer)) {} }
-        for first in Swift.stride(from: 0, to: x.n, by: group) {
-            let images = min(group, x.n - first)
-            let cols = images * ohw
-            // B: [kk, cols], column img * ohw + p
-            let b: UnsafePointer<Float>
-            if let col {
-                parallelFor(cin * images, threads: threads) { job in
-                    let img = job / cin, ci = job % cin
-                    if direct {
-                        (col + ci * cols + img * ohw).update(from: x.data + ((first + img) * cin + ci) * ihw, count: ohw)
-                    } else {
-                        im2col(x, image: first + img, channel: ci, firstRow: 0, rows: oh, ow: ow, into: col + img * ohw, ld: cols)
-                    }
-                }
-                b = UnsafePointer(col)
-            } else {
-                b = UnsafePointer(x.data + first * cin * ihw)
-            }
-            // A segment is one image, or the whole group when staging.
-            gemmTiles(weight, segments: perImage ? images : 1, segmentCols: perImage ? ohw : cols, threads: threads) { seg in
-                if let staging { return (b, cols, staging, cols) }
-                return (b + seg * ohw, col == nil ? ohw : cols, y.data + (first + seg) * cout * ohw, ohw)
-            }
-            if let staging {
-                parallelFor(cout * images, threads: threads) { job in
-                    let img = job / cout, co = job % cout
-                    (y.data + ((first + img) * cout + co) * ohw).update(from: staging + co * cols + img * ohw, count: ohw)
-                }
-            }
+        } else {
+            gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, threads: threads)
         }
         return y
     }
+}
 
-    /// C = W · B + bias for `segments` independent column ranges, cut into fixed tiles (column
-    /// block, row block) independent of the thread count, so results are too; each tile is a
-    /// single-threaded OpenBLAS call on one of our threads. `operands(seg)` gives B, ldb, C, ldc.
-    private func gemmTiles(_ weight: UnsafePointer<Float>, segments: Int, segmentCols: Int, threads: Int,
-                           _ operands: (Int) -> (b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int)) {
-        let kk = cin * kernel * kernel
-        // Split columns before rows: every row block re-packs B, every column block only
-        // re-packs the (smaller) weight panel.
-        let wanted = max(2, 4 / segments)  // at least two per image: groups of 3 images balance on 2 threads
-        let colTile = min(1024, max(128, (segmentCols / wanted + 63) / 64 * 64))
-        let colTiles = (segmentCols + colTile - 1) / colTile
-        var rowSplit = 1
-        while segments * colTiles * rowSplit < 4 && cout / (rowSplit * 2) >= 32 { rowSplit *= 2 }
-        let rowTile = (cout + rowSplit - 1) / rowSplit
-        parallelFor(segments * colTiles * rowSplit, threads: threads) { t in
-            let seg = t / (colTiles * rowSplit), rest = t % (colTiles * rowSplit)
-            let c0 = (rest / rowSplit) * colTile, n = min(colTile, segmentCols - c0)
-            let r0 = (rest % rowSplit) * rowTile, m = min(rowTile, cout - r0)
-            guard m > 0 else { return }
-            let (b, ldb, c, ldc) = operands(seg)
-            let cTile = c + r0 * ldc + c0
-            // The bias is filled in first and the GEMM accumulates onto it.
-            if let bias {
-                for i in 0..<m { (cTile + i * ldc).update(repeating: bias[r0 + i], count: n) }
+/// The im2col matrix of a convolution's input as a gemm operand, packed straight from the
+/// activation: element (k = (ci, ky, kx), column = image · segment + oy · ow + ox) is
+/// x[image, ci, oy·stride − padTop + ky, ox·stride − padLeft + kx], zero outside the image and
+/// for the padding columns past oh · ow of each image.
+struct Im2colSource: PanelSource {
+    let x: UnsafePointer<Float>
+    let c: Int, h: Int, w: Int, kernel: Int, stride: Int, padTop: Int, padLeft: Int
+    let oh: Int, ow: Int, segment: Int
+
+    /// Stride 1 and an output the input's size (3 × 3 with padding 1): lane j of a panel reads
+    /// x[p0 + j + (ky − padTop) · w + kx − padLeft] of its channel for every tap, so each packed
+    /// row is one 16-float load with the lanes outside the image masked to zero.
+    private var sameSize: Bool { stride == 1 && oh == h && ow == w }
+
+    @inline(__always)
+    private func packSameSize(_ d: UnsafeMutablePointer<Float>, kc: Int, k0: Int, p0: Int, n: Int, image: Int) {
+        typealias I = SIMD16<Int32>
+        let hw = h * w, before = image * c * hw, total = (image + 1) * c * hw
+        let plane = x + before
+        // Lane masks (all ones where the tap reads inside the image): by kernel row and column.
+        // Plain shifts and ands, which vectorise (SIMDMask logic does not).
+        @inline(__always) func within(_ v: I, _ bound: Int) -> I {
+            ~(v &>> 31) & ((v &- I(repeating: Int32(bound))) &>> 31)
+        }
+        let lanes = I(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+        var oy = I(), ox = I()
+        for j in 0..<16 { let q = p0 + j; oy[j] = Int32(q / w); ox[j] = Int32(q % w) }
+        let live = within(lanes, n)
+        withUnsafeTemporaryAllocation(of: I.self, capacity: 2 * kernel) { masks in
+            let m = masks.baseAddress!
+            for t in 0..<kernel {
+                m[t] = live & within(oy &+ I(repeating: Int32(t - padTop)), h)
+                m[kernel + t] = within(ox &+ I(repeating: Int32(t - padLeft)), w)
             }
-            sgemm(m: m, n: n, k: kk, a: weight + r0 * kk, lda: kk, b: b + c0, ldb: ldb,
-                  beta: bias == nil ? 0 : 1, c: cTile, ldc: ldc)
+            var ci = k0 / (kernel * kernel), ky = (k0 / kernel) % kernel, kx = k0 % kernel
+            for kk in 0..<kc {
+                let mask = m[ky] & m[kernel + kx]
+                let start = ci * hw + p0 + (ky - padTop) * w + kx - padLeft
+                var bits: I
+                if before + start >= 0 && before + start + 16 <= total {
+                    bits = UnsafeRawPointer(plane + start).loadUnaligned(as: I.self) & mask
+                } else {
+                    bits = I()
+                    for j in 0..<16 where mask[j] != 0 { bits[j] = Int32(bitPattern: plane[start + j].bitPattern) }
+                }
+                UnsafeMutableRawPointer(d + kk * 16).storeBytes(of: bits, as: I.self)
+                kx += 1
+                if kx == kernel {
+                    kx = 0; ky += 1
+                    if ky == kernel { ky = 0; ci += 1 }
+                }
+            }
         }
     }
 
-    /// Rows (channel, ky, kx) of col[(ci, ky, kx), (oy - firstRow, ox)] (row stride ld) for output
-    /// rows firstRow..<firstRow+rows: x[img, ci, oy*s - padTop + ky, ox*s - padLeft + kx], zero
-    /// outside the image. The input rows needed are first copied into a zero-padded buffer, so
-    /// every row is a plain strided copy.
-    @inline(__always)
-    private func im2col(_ x: Tensor, image img: Int, channel ci: Int, firstRow: Int, rows: Int, ow: Int,
-                        into col: UnsafeMutablePointer<Float>, ld: Int) {
-        let h = x.h, w = x.w
-        let plane = x.data + (img * cin + ci) * h * w
-        // Padded rows 0..<ph hold input rows top ..< top + ph.
-        let top = firstRow * stride - padTop
-        let ph = (rows - 1) * stride + kernel, pw = w + padLeft + padRight
-        // Stack scratch for the usual small planes; pooled heap memory for big bands.
-        if ph * pw <= 1 << 14 {
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: ph * pw) { buffer in
-                fillIm2col(buffer.baseAddress!, plane: plane, top: top, ph: ph, pw: pw, h: h, w: w,
-                           rows: rows, ow: ow, col: col, channel: ci, ld: ld)
-            }
-        } else {
-            let padded = FloatBuffer(count: ph * pw)
-            fillIm2col(padded.pointer, plane: plane, top: top, ph: ph, pw: pw, h: h, w: w,
-                       rows: rows, ow: ow, col: col, channel: ci, ld: ld)
-            withExtendedLifetime(padded) {}
-        }
-    }
-
-    @inline(__always)
-    private func fillIm2col(_ p: UnsafeMutablePointer<Float>, plane: UnsafePointer<Float>, top: Int, ph: Int, pw: Int,
-                            h: Int, w: Int, rows: Int, ow: Int, col: UnsafeMutablePointer<Float>, channel ci: Int, ld: Int) {
-        p.update(repeating: 0, count: ph * pw)
-        var r = max(0, -top)
-        while r < min(ph, h - top) {
-            (p + r * pw + padLeft).update(from: plane + (top + r) * w, count: w)
-            r += 1
-        }
-        var row = col + ci * kernel * kernel * ld
-        for ky in 0..<kernel {
-            for kx in 0..<kernel {
-                for oy in 0..<rows {
-                    let src = p + (oy * stride + ky) * pw + kx
-                    let dst = row + oy * ow
-                    if stride == 1 {
-                        copyShortRow(dst, src, count: ow)
-                    } else {
-                        for ox in 0..<ow { dst[ox] = src[ox * stride] }
+    @inline(never)
+    func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
+        let hw = h * w, ohw = oh * ow
+        let pointwise = kernel == 1 && stride == 1 && padTop == 0 && padLeft == 0 && oh == h && ow == w
+        // A panel's columns as runs along output rows: (first lane, lanes, oy, ox of the first).
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 4 * panel) { buffer in
+            let runs = buffer.baseAddress!
+            var q = 0
+            while q * panel < width {
+                let col = l0 + q * panel
+                let d = dst + q * panel * kc
+                let img = col / segment, p0 = col - img * segment
+                let n = min(panel, width - q * panel, ohw - p0)
+                q += 1
+                guard n > 0 else {
+                    d.update(repeating: 0, count: panel * kc)
+                    continue
+                }
+                let plane = x + img * c * hw
+                if pointwise {
+                    for kk in 0..<kc {
+                        let row = d + kk * panel
+                        copyShortRow(row, plane + (k0 + kk) * hw + p0, count: n)
+                        if n < panel { (row + n).update(repeating: 0, count: panel - n) }
+                    }
+                    continue
+                }
+                if sameSize && panel == 16 {
+                    packSameSize(d, kc: kc, k0: k0, p0: p0, n: n, image: img)
+                    continue
+                }
+                var runCount = 0, j = 0
+                while j < n {
+                    let p = p0 + j, oy = p / ow, ox = p - oy * ow
+                    let len = min(n - j, ow - ox)
+                    runs[4 * runCount] = j; runs[4 * runCount + 1] = len
+                    runs[4 * runCount + 2] = oy * stride - padTop; runs[4 * runCount + 3] = ox * stride - padLeft
+                    runCount += 1
+                    j += len
+                }
+                var ci = k0 / (kernel * kernel), ky = (k0 / kernel) % kernel, kx = k0 % kernel
+                for kk in 0..<kc {
+                    let row = d + kk * panel
+                    if n < panel { (row + n).update(repeating: 0, count: panel - n) }
+                    let base = plane + ci * hw
+                    for r in 0..<runCount {
+                        let j0 = runs[4 * r], len = runs[4 * r + 1]
+                        let iy = runs[4 * r + 2] + ky, ix0 = runs[4 * r + 3] + kx
+                        let out = row + j0
+                        if iy < 0 || iy >= h {
+                            out.update(repeating: 0, count: len)
+                            continue
+                        }
+                        let src = base + iy * w
+                        if stride == 1 {
+                            // Zero the lanes left and right of the image, copy the rest.
+                            let lo = min(len, max(0, -ix0)), hi = max(lo, min(len, w - ix0))
+                            for t in 0..<lo { out[t] = 0 }
+                            copyShortRow(out + lo, src + ix0 + lo, count: hi - lo)
+                            for t in hi..<len { out[t] = 0 }
+                        } else {
+                            for t in 0..<len {
+                                let ix = ix0 + t * stride
+                                out[t] = ix >= 0 && ix < w ? src[ix] : 0
+                            }
+                        }
+                    }
+                    kx += 1
+                    if kx == kernel {
+                        kx = 0; ky += 1
+                        if ky == kernel { ky = 0; ci += 1 }
                     }
                 }
-                row += ld
             }
         }
     }

@@ -232,7 +232,7 @@ enum VAEMemory {
     /// Measured on an SD-shaped random VAE (2 threads, f32 weights): the peak RSS above the
     /// weights was 0.38 / 1.34 / 2.39 GB for 32² / 64² / 96² latents; this gives 0.40 / 1.41 / 2.65.
     static func bytes(activations: Double, channels: Double, tokens: Double, threads: Int) -> Double {
-        let im2col = Double(Conv2d.im2colBudget) + Double(16 << 20)
+        let im2col = Double(Conv2d.scratchBytes) + Double(16 << 20)
         let widenedWeight = channels * channels * 9
         let scores = Double(max(threads, 1)) * 128 * tokens
         return 4 * (activations + widenedWeight + scores) + im2col + min(4 * activations, poolLimit)

@@ -112,7 +112,7 @@ public final class UNet2DConditionModel {
             peak = max(peak, nd * cd * s * 16)
         }
         let scores = Double(max(threads, 1)) * 64 * max(hw, 77)
-        let im2col = Double(Conv2d.im2colBudget) / 4
+        let im2col = Double(Conv2d.scratchBytes) / 4
         return 4 * (activations + peak + scores + im2col)
     }
 

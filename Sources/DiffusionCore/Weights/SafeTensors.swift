@@ -177,6 +177,17 @@ public final class SafeTensorsFile {
         munmap(mapBase, mapLength)
     }
 
+    /// Hands back the whole pages inside `bytes` (part of this mapping), as `releaseResidentPages`
+    /// does for all of it.
+    func releasePages(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + page - 1) / page * page
+        let end = (Int(bitPattern: base) + bytes.count) / page * page
+        guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(p, end - start, MADV_DONTNEED)
+    }
+
     /// The tensor's description, or nil when it is absent or of a dtype this library does not read.
     public func info(_ name: String) -> TensorInfo? { tensors[name] }
 

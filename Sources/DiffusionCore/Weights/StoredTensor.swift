@@ -1,6 +1,6 @@
-/// A weight tensor as its file stores it (F32, F16 or BF16), backed by the file's mapping: never
-/// copied whole. Kernels see float32 through `withFloats`, which lends the mapping itself for
-/// aligned F32 data and otherwise widens into pooled scratch for the duration of one call.
+/// A weight tensor as its file stores it (F32, F16 or BF16), backed by the file's mapping. Layers
+/// pack their matrices once into gemm panels (`packed`), in the stored dtype; small vectors are
+/// widened (`floats`).
 public struct StoredTensor {
     public let file: SafeTensorsFile
     public let info: TensorInfo
@@ -8,23 +8,6 @@ public struct StoredTensor {
     public var count: Int { info.count }
     public var shape: [Int] { info.shape }
     public var dtype: DType { info.dtype }
-
-    /// The mapping's F32 data, if it can be used in place (F32, 4-byte aligned).
-    private var inPlace: UnsafePointer<Float>? {
-        let bytes = file.rawBytes(info)
-        guard info.dtype == .f32, let base = bytes.baseAddress, Int(bitPattern: base) & 3 == 0 else { return nil }
-        return base.assumingMemoryBound(to: Float.self)
-    }
-
-    /// Calls `body` with the tensor as `count` float32 values (exact widening of F16 / BF16).
-    /// - warning: Do not escape the pointer.
-    @inline(__always)
-    public func withFloats<R>(threads: Int = 1, _ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
-        if let p = inPlace { return try body(p) }
-        let scratch = FloatBuffer(count: count)
-        widen(into: scratch.pointer, threads: threads)
-        return try withExtendedLifetime(scratch) { try body(UnsafePointer(scratch.pointer)) }
-    }
 
     /// Writes the tensor as float32 into `dst` (`count` values), in blocks over `threads`.
     public func widen(into dst: UnsafeMutablePointer<Float>, threads: Int = 1) {
@@ -34,6 +17,16 @@ public struct StoredTensor {
             let start = b * block
             dtype.convert(base + start * size, count: min(block, n - start), to: dst + start)
         }
+    }
+
+    /// The tensor packed into gemm panels (see `PackedPanels`); the mapping's pages of it are
+    /// handed back to the page cache afterwards, so the weight counts once in memory.
+    func packed(k: Int, width: Int, strideK: Int, strideL: Int, panel: Int) -> PackedPanels {
+        let bytes = file.rawBytes(info)
+        let p = PackedPanels(bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!, dtype: info.dtype, k: k, width: width,
+                             strideK: strideK, strideL: strideL, panel: panel)
+        file.releasePages(bytes)
+        return p
     }
 
     /// Rows `first..<first+rows` of a tensor seen as [shape[0], rest] (an embedding lookup).

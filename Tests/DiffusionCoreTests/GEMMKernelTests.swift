@@ -1,0 +1,150 @@
+import Foundation
+import Testing
+import DiffusionCore
+
+// The packed-weight GEMM through its public layers (Conv2d, Linear) against a direct float64
+// loop: every im2col path (pointwise, same-size 3 × 3 with border lanes, stride 2, asymmetric
+// padding, rows of a panel spanning several output rows, images past one), edge tiles (rows not
+// a multiple of 6, columns not of 16), k blocks (k > 384), F32 and F16 weights, any thread count
+// giving the same bytes.
+
+/// A deterministic stream of values in [-1, 1).
+private struct Noise {
+    var state: UInt64
+    mutating func next() -> Float {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Float(Int64(bitPattern: state) >> 40) / Float(1 << 23)
+    }
+    mutating func values(_ n: Int) -> [Float] { (0..<n).map { _ in next() } }
+}
+
+/// Writes one tensor (F32 or F16 bytes) to a fresh safetensors file and returns it stored.
+private func storedTensor(_ values: [Float], shape: [Int], f16: Bool) throws -> StoredTensor {
+    var data = [UInt8]()
+    for v in values {
+        if f16 {
+            let bits = Float16(v).bitPattern
+            data += [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+        } else {
+            let bits = v.bitPattern
+            data += (0..<4).map { UInt8(truncatingIfNeeded: bits >> (8 * $0)) }
+        }
+    }
+    let header = "{\"w\":{\"dtype\":\"\(f16 ? "F16" : "F32")\",\"shape\":\(shape),\"data_offsets\":[0,\(data.count)]}}"
+    var bytes = (0..<8).map { UInt8(truncatingIfNeeded: UInt64(header.utf8.count) >> (8 * UInt64($0))) }
+    bytes += Array(header.utf8) + data
+    let path = NSTemporaryDirectory() + "gemm-test-" + UUID().uuidString + ".safetensors"
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try SafeTensorsFile(path: path).stored("w", shape: shape)
+}
+
+/// max |got − want| / max |want|, NaN when anything is NaN (so `<=` fails on it).
+private func relativeError(_ got: [Float], _ want: [Double]) -> Double {
+    var diff = 0.0, scale = 0.0
+    for (g, w) in zip(got, want) {
+        let d = abs(Double(g) - w)
+        if d.isNaN || d > diff { diff = d }
+        scale = Swift.max(scale, abs(w))
+    }
+    return got.count == want.count ? diff / scale : .nan
+}
+
+struct ConvCase: CustomStringConvertible, Sendable {
+    var n: Int, cin: Int, cout: Int, h: Int, w: Int, kernel: Int, stride: Int
+    var pads: (Int, Int, Int, Int)  // top, left, bottom, right
+    var f16: Bool
+    var description: String {
+        "n\(n) \(cin)->\(cout) \(h)x\(w) k\(kernel) s\(stride) pad\(pads)\(f16 ? " f16" : "")"
+    }
+}
+
+private let convCases: [ConvCase] = [
+    ConvCase(n: 1, cin: 8, cout: 12, h: 32, w: 32, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 2, cin: 5, cout: 7, h: 8, w: 8, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 3, cin: 64, cout: 13, h: 4, w: 4, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: true),
+    ConvCase(n: 1, cin: 3, cout: 6, h: 5, w: 7, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 2, cin: 3, cout: 4, h: 1, w: 1, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 2, cin: 48, cout: 17, h: 9, w: 11, kernel: 1, stride: 1, pads: (0, 0, 0, 0), f16: true),
+    ConvCase(n: 2, cin: 6, cout: 9, h: 9, w: 10, kernel: 3, stride: 2, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 1, cin: 4, cout: 8, h: 8, w: 8, kernel: 3, stride: 2, pads: (0, 0, 1, 1), f16: true),
+    ConvCase(n: 1, cin: 2, cout: 3, h: 6, w: 6, kernel: 3, stride: 1, pads: (0, 0, 0, 0), f16: false),
+    ConvCase(n: 1, cin: 3, cout: 5, h: 7, w: 20, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+]
+
+@Test(arguments: convCases)
+func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
+    var noise = Noise(state: UInt64(t.cin * 1000 + t.cout * 10 + t.h))
+    let kk = t.cin * t.kernel * t.kernel
+    var weights = noise.values(t.cout * kk)
+    if t.f16 { weights = weights.map { Float(Float16($0)) } }  // the values the file holds
+    let bias = noise.values(t.cout)
+    let conv = Conv2d(weight: try storedTensor(weights, shape: [t.cout, t.cin, t.kernel, t.kernel], f16: t.f16),
+                      bias: bias, cin: t.cin, cout: t.cout, kernel: t.kernel, stride: t.stride,
+                      padTop: t.pads.0, padLeft: t.pads.1, padBottom: t.pads.2, padRight: t.pads.3)
+    let x = Tensor(n: t.n, c: t.cin, h: t.h, w: t.w)
+    let input = noise.values(x.count)
+    x.data.update(from: input, count: x.count)
+    let (oh, ow) = conv.outputSize(h: t.h, w: t.w)
+
+    var want = [Double](repeating: 0, count: t.n * t.cout * oh * ow)
+    for b in 0..<t.n {
+        for co in 0..<t.cout {
+            for oy in 0..<oh {
+                for ox in 0..<ow {
+                    var s = Double(bias[co])
+                    for ci in 0..<t.cin {
+                        for ky in 0..<t.kernel {
+                            for kx in 0..<t.kernel {
+                                let iy = oy * t.stride - t.pads.0 + ky, ix = ox * t.stride - t.pads.1 + kx
+                                guard iy >= 0, iy < t.h, ix >= 0, ix < t.w else { continue }
+                                s += Double(weights[(co * t.cin + ci) * t.kernel * t.kernel + ky * t.kernel + kx])
+                                    * Double(input[((b * t.cin + ci) * t.h + iy) * t.w + ix])
+                            }
+                        }
+                    }
+                    want[((b * t.cout + co) * oh + oy) * ow + ox] = s
+                }
+            }
+        }
+    }
+    let one = conv(x, threads: 1).copyToArray()
+    let two = conv(x, threads: 2).copyToArray()
+    let three = conv(x, threads: 3).copyToArray()
+    let error = relativeError(one, want)
+    #expect(error <= 1e-6, "\(t): relative error \(error)")
+    #expect(one.map(\.bitPattern) == two.map(\.bitPattern), "\(t): 1 and 2 threads differ")
+    #expect(one.map(\.bitPattern) == three.map(\.bitPattern), "\(t): 1 and 3 threads differ")
+}
+
+@Test(arguments: [(1, 3, 5, false), (7, 20, 33, true), (50, 400, 19, false), (13, 700, 40, true)])
+func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: Int, f16: Bool)) throws {
+    var noise = Noise(state: UInt64(shape.rows * 7 + shape.inFeatures))
+    var weights = noise.values(shape.outFeatures * shape.inFeatures)
+    if shape.f16 { weights = weights.map { Float(Float16($0)) } }
+    let bias = noise.values(shape.outFeatures)
+    let linear = Linear(weight: try storedTensor(weights, shape: [shape.outFeatures, shape.inFeatures], f16: shape.f16),
+                        bias: bias, inFeatures: shape.inFeatures, outFeatures: shape.outFeatures)
+    // Rows with a stride wider than the features, as attention's fused projections read them.
+    let ldx = shape.inFeatures + 3
+    let x = noise.values(shape.rows * ldx)
+    var want = [Double](repeating: 0, count: shape.rows * shape.outFeatures)
+    for r in 0..<shape.rows {
+        for o in 0..<shape.outFeatures {
+            var s = Double(bias[o])
+            for i in 0..<shape.inFeatures { s += Double(weights[o * shape.inFeatures + i]) * Double(x[r * ldx + i]) }
+            want[r * shape.outFeatures + o] = s
+        }
+    }
+    var outputs = [[Float]]()
+    for threads in [1, 2] {
+        var y = [Float](repeating: .nan, count: shape.rows * shape.outFeatures)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { linear.apply(xp.baseAddress!, rows: shape.rows, ldx: ldx, into: $0.baseAddress!, threads: threads) }
+        }
+        outputs.append(y)
+    }
+    let error = relativeError(outputs[0], want)
+    #expect(error <= 1e-6, "\(shape): relative error \(error)")
+    #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern), "\(shape): 1 and 2 threads differ")
+}

@@ -2,7 +2,10 @@
 #   make demo      build and generate images from the model shipped in models/
 #   make test      build and run every test (Swift core, C API, install + pkg-config, Python)
 #   make install PREFIX=/usr/local
-#   make bench     speed vs PyTorch (creates a venv with torch/diffusers under bench/.venv)
+#   make bench     speed vs PyTorch, ONNX Runtime and OpenVINO on five workloads (cifar UNet batch 1/8, a UNet
+#                  at SD1.5 widths, SD1.5's UNet CFG pair and VAE decode; venv with them under bench/.venv;
+#                  about an hour: see bench/README.md). BENCH_ARGS="--tiny" for a one-minute smoke run.
+#   make bench-cifar  the cifar UNet only, vs PyTorch and ONNX Runtime (a few minutes)
 #   make bench-sd  Stable Diffusion 1.5-shaped generation vs diffusers (load, s/step, decode, RSS)
 # For a CPU older than the build machine: make MARCH=x86-64-v2 (default: native).
 
@@ -19,8 +22,9 @@ CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
 SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FLAGS)
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
+BENCH_ARGS  ?=
 
-.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench bench-sd clean
+.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench bench-cifar bench-sd clean
 
 all: build
 
@@ -44,9 +48,10 @@ build: deps
 test: build test-swift test-c test-install test-python test-cli
 	@echo "all tests passed"
 
-# The core's tests link the Swift runtime dynamically, so they build in their own folder.
+# The core's tests link the Swift runtime dynamically, so they build in their own folder;
+# -enable-testing lets the kernel tests reach internal functions (attention, gemm).
 test-swift: deps
-	swift test -c release $(CPU_FLAGS) --scratch-path .build-test
+	swift test -c release $(CPU_FLAGS) -Xswiftc -enable-testing --scratch-path .build-test
 
 test-c: build
 	$(PYTHON) Tests/c/check_library.py $(LIB)
@@ -101,8 +106,14 @@ install: build
 	install -m 644 include/diffusion.h $(DESTDIR)$(PREFIX)/include/diffusion.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' diffusion.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/diffusion.pc
 
+# Every engine on the five workloads of bench/bench_engines.py (models made and exported on first use
+# into bench/.models/; the SD1.5-shaped pipeline is shared with bench-sd).
 bench: build
-	bash bench/run.sh
+	bash bench/run.sh --engines-bench $(BENCH_ARGS)
+
+# The cifar UNet alone (bench/bench_unet.py): libdiffusion vs PyTorch vs ONNX Runtime, batch 1 and 8.
+bench-cifar: build
+	bash bench/run.sh $(BENCH_ARGS)
 
 # Stable Diffusion 1.5-shaped generation vs diffusers (random F16 weights, ~2 GB, made on first use).
 SD_BENCH_MODEL ?= bench/.models/sd15-random

@@ -1,12 +1,13 @@
 import Foundation
 import Testing
-import DiffusionCore
+@testable import DiffusionCore
 
 // The packed-weight GEMM through its public layers (Conv2d, Linear) against a direct float64
 // loop: every im2col path (pointwise, same-size 3 × 3 with border lanes, stride 2, asymmetric
 // padding, rows of a panel spanning several output rows, images past one), edge tiles (rows not
 // a multiple of 6, columns not of 16), k blocks (k > 384), F32 and F16 weights, any thread count
-// giving the same bytes.
+// giving the same bytes; flash attention (several key blocks, partial panels, d in two k blocks,
+// the causal mask) in both layouts.
 
 /// A deterministic stream of values in [-1, 1).
 private struct Noise {
@@ -147,4 +148,82 @@ func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: 
     let error = relativeError(outputs[0], want)
     #expect(error <= 1e-6, "\(shape): relative error \(error)")
     #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern), "\(shape): 1 and 2 threads differ")
+}
+
+// MARK: - Attention
+
+/// softmax(q·k/sqrt(d)) v per (image, head) in float64, token-row layout with row stride `width`.
+private func referenceAttention(q: [Float], k: [Float], v: [Float], batch: Int, queries: Int, keys: Int,
+                                heads: Int, d: Int, causal: Bool) -> [Double] {
+    let width = heads * d
+    var out = [Double](repeating: 0, count: batch * queries * width)
+    for b in 0..<batch {
+        for h in 0..<heads {
+            for i in 0..<queries {
+                let visible = causal ? min(keys, i + 1) : keys
+                var scores = [Double](repeating: 0, count: visible)
+                for j in 0..<visible {
+                    var s = 0.0
+                    for c in 0..<d { s += Double(q[(b * queries + i) * width + h * d + c]) * Double(k[(b * keys + j) * width + h * d + c]) }
+                    scores[j] = s / Double(d).squareRoot()
+                }
+                let m = scores.max()!
+                let e = scores.map { Foundation.exp($0 - m) }
+                let sum = e.reduce(0, +)
+                for c in 0..<d {
+                    var acc = 0.0
+                    for j in 0..<visible { acc += e[j] / sum * Double(v[(b * keys + j) * width + h * d + c]) }
+                    out[(b * queries + i) * width + h * d + c] = acc
+                }
+            }
+        }
+    }
+    return out
+}
+
+@Test(arguments: [(2, 3, 37, 200, 20, false), (1, 2, 77, 77, 40, true), (1, 1, 50, 13, 400, false), (2, 1, 16, 390, 8, true)])
+func attentionMatchesDirectLoop(_ c: (batch: Int, heads: Int, queries: Int, keys: Int, d: Int, causal: Bool)) {
+    var noise = Noise(state: UInt64(c.queries * 31 + c.keys))
+    let width = c.heads * c.d
+    let q = noise.values(c.batch * c.queries * width).map { $0 * 3 }
+    let k = noise.values(c.batch * c.keys * width), v = noise.values(c.batch * c.keys * width)
+    let want = referenceAttention(q: q, k: k, v: v, batch: c.batch, queries: c.queries, keys: c.keys,
+                                  heads: c.heads, d: c.d, causal: c.causal)
+    var outputs = [[Float]]()
+    for threads in [1, 2] {
+        var out = [Float](repeating: .nan, count: c.batch * c.queries * width)
+        out.withUnsafeMutableBufferPointer { o in
+            attention(q: q, ldq: width, k: k, ldk: width, v: v, ldv: width, out: o.baseAddress!, ldo: width,
+                      batch: c.batch, queries: c.queries, keys: c.keys, heads: c.heads, headDim: c.d,
+                      causal: c.causal, threads: threads)
+        }
+        outputs.append(out)
+    }
+    let error = relativeError(outputs[0], want)
+    #expect(error <= 1e-5, "\(c): relative error \(error)")
+    #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern), "\(c): 1 and 2 threads differ")
+
+}
+
+@Test func spatialAttentionMatchesDirectLoop() {
+    let (n, heads, d, h, w) = (2, 2, 24, 5, 9)
+    let tokens = h * w, channels = heads * d
+    var noise = Noise(state: 99)
+    let tensors = (0..<3).map { _ -> Tensor in
+        let t = Tensor(n: n, c: channels, h: h, w: w)
+        t.data.update(from: noise.values(t.count), count: t.count)
+        return t
+    }
+    // Token-row copies of the channel-major tensors for the reference.
+    func rows(_ t: Tensor) -> [Float] {
+        var r = [Float](repeating: 0, count: t.count)
+        for b in 0..<n { for ch in 0..<channels { for p in 0..<tokens { r[(b * tokens + p) * channels + ch] = t.data[(b * channels + ch) * tokens + p] } } }
+        return r
+    }
+    let want = referenceAttention(q: rows(tensors[0]), k: rows(tensors[1]), v: rows(tensors[2]), batch: n,
+                                  queries: tokens, keys: tokens, heads: heads, d: d, causal: false)
+    let out = spatialAttention(q: tensors[0], k: tensors[1], v: tensors[2], heads: heads, threads: 2)
+    let got = rows(out)
+    let error = relativeError(got, want)
+    #expect(error <= 1e-5, "spatial attention: relative error \(error)")
 }

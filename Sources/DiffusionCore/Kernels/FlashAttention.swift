@@ -1,0 +1,156 @@
+/// One head's matrix (tokens × features): element (t, f) at base + t · tokenStride + f · featureStride.
+struct HeadMatrix<P> {
+    var base: P
+    var tokenStride: Int, featureStride: Int
+}
+
+/// Scaled dot-product attention of `groups` independent heads (image × head), flash-style: each
+/// job takes 64 queries and walks the keys in blocks of 192 with a running max and sum per
+/// query, so no queries × keys matrix exists and memory stays a few tiles per thread.
+///
+/// Everything is computed transposed, so the softmax runs down columns, 16 queries per vector:
+/// S^T (keys × queries) = K · Q^T and O^T (features × queries) += V^T · P^T both go through the
+/// 6 × 16 micro-kernel, with K and V^T packed once per head into A panels, Q^T into B panels per
+/// job, and P^T — the micro-kernel's own output tile, written panel by panel — used as B in place.
+/// Fixed blocks: any thread count gives the same bytes. `causal` masks keys after the query.
+func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal: Bool, threads: Int,
+                    head: (Int) -> (q: HeadMatrix<UnsafePointer<Float>>, k: HeadMatrix<UnsafePointer<Float>>,
+                                    v: HeadMatrix<UnsafePointer<Float>>, out: HeadMatrix<UnsafeMutablePointer<Float>>)) {
+    guard groups > 0, queries > 0, keys > 0, d > 0 else { return }
+    typealias V16 = SIMD16<Float>
+    let mr = MicroKernel.rows, nr = MicroKernel.cols
+    let keyBlock = 192, queryBlock = 64
+    let keysPad = (keys + mr - 1) / mr * mr, dPad = (d + mr - 1) / mr * mr
+    let dk = gemmDepth(d)
+    let scale = 1 / Float(d).squareRoot()
+
+    // K as A panels (6 keys × d, in gemm's d blocks) and V^T as A panels (6 features × each key
+    // block's keys), per head.
+    let kPacked = FloatBuffer(count: groups * keysPad * d), vPacked = FloatBuffer(count: groups * keysPad * dPad)
+    let keyBlocks = (keysPad + keyBlock - 1) / keyBlock
+    parallelFor(groups * keyBlocks, threads: threads) { job in
+        let g = job / keyBlocks, j0 = (job % keyBlocks) * keyBlock, kb = min(keyBlock, keysPad - j0)
+        let (_, k, v, _) = head(g)
+        let kp = kPacked.pointer + g * keysPad * d, vp = vPacked.pointer + g * keysPad * dPad
+        var d0 = 0
+        while d0 < d {
+            let depth = min(dk, d - d0)
+            for p in stride(from: j0, to: j0 + kb, by: mr) {
+                let dst = kp + d0 * keysPad + p * depth
+                for r in 0..<mr {
+                    let key = p + r
+                    if key >= keys { for kk in 0..<depth { dst[kk * mr + r] = 0 }; continue }
+                    let src = k.base + key * k.tokenStride + d0 * k.featureStride
+                    for kk in 0..<depth { dst[kk * mr + r] = src[kk * k.featureStride] }
+                }
+            }
+            d0 += depth
+        }
+        for fp in stride(from: 0, to: dPad, by: mr) {
+            let dst = vp + j0 * dPad + fp * kb
+            for kk in 0..<kb {
+                let key = j0 + kk
+                for r in 0..<mr {
+                    let f = fp + r
+                    dst[kk * mr + r] = key < keys && f < d ? v.base[key * v.tokenStride + f * v.featureStride] : 0
+                }
+            }
+        }
+    }
+
+    let queryBlocks = (queries + queryBlock - 1) / queryBlock
+    let lanes = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    parallelFor(groups * queryBlocks, threads: threads) { job in
+        let g = job / queryBlocks, q0 = (job % queryBlocks) * queryBlock, nq = min(queryBlock, queries - q0)
+        let (q, _, _, out) = head(g)
+        let panels = (nq + nr - 1) / nr, qPad = panels * nr
+        let kp = UnsafePointer(kPacked.pointer + g * keysPad * d), vp = UnsafePointer(vPacked.pointer + g * keysPad * dPad)
+        let qt = FloatBuffer(count: d * qPad), s = FloatBuffer(count: panels * keyBlock * nr)
+        let o = FloatBuffer(count: panels * dPad * nr)
+        // Q^T as B panels (d × 16 queries, in d blocks).
+        var d0 = 0
+        while d0 < d {
+            let depth = min(dk, d - d0)
+            for jp in 0..<panels {
+                let dst = qt.pointer + d0 * qPad + jp * nr * depth
+                for c in 0..<nr {
+                    let query = q0 + jp * nr + c
+                    if query >= q0 + nq { for kk in 0..<depth { dst[kk * nr + c] = 0 }; continue }
+                    let src = q.base + query * q.tokenStride + d0 * q.featureStride
+                    for kk in 0..<depth { dst[kk * nr + c] = src[kk * q.featureStride] }
+                }
+            }
+            d0 += depth
+        }
+        o.pointer.update(repeating: 0, count: panels * dPad * nr)
+        withUnsafeTemporaryAllocation(of: V16.self, capacity: 2 * panels) { stats in
+            let m = stats.baseAddress!, l = m + panels
+            for jp in 0..<panels {
+                m[jp] = V16(repeating: -.greatestFiniteMagnitude)
+                l[jp] = V16()
+            }
+            var j0 = 0
+            while j0 < keysPad {
+                let kb = min(keyBlock, keysPad - j0), valid = min(kb, keys - j0)
+                for jp in 0..<panels {
+                    let sp = s.pointer + jp * keyBlock * nr
+                    sp.update(repeating: 0, count: kb * nr)
+                    var d0 = 0
+                    while d0 < d {
+                        let depth = min(dk, d - d0)
+                        let qp = UnsafePointer(qt.pointer + d0 * qPad + jp * nr * depth)
+                        for p in stride(from: 0, to: kb, by: mr) {
+                            MicroKernel.full(kc: depth, a: kp + d0 * keysPad + (j0 + p) * depth, b: qp, c: sp + p * nr, ldc: nr)
+                        }
+                        d0 += depth
+                    }
+                    // Causal: key j0 + kk is masked for the lanes whose query is before it.
+                    let query = SIMD16<Int32>(repeating: Int32(q0 + jp * nr)) &+ lanes
+                    let raw = UnsafeMutableRawPointer(sp)
+                    var mx = m[jp]
+                    for kk in 0..<valid {
+                        var row = raw.load(fromByteOffset: kk * nr * 4, as: V16.self)
+                        if causal { row.replace(with: -.greatestFiniteMagnitude, where: query .< Int32(j0 + kk)) }
+                        mx.replace(with: row, where: row .> mx)
+                    }
+                    let alpha = exp16((m[jp] - mx) * scale)
+                    var sum = V16()
+                    for kk in 0..<valid {
+                        var p = exp16((raw.load(fromByteOffset: kk * nr * 4, as: V16.self) - mx) * scale)
+                        if causal { p.replace(with: 0, where: query .< Int32(j0 + kk)) }
+                        raw.storeBytes(of: p, toByteOffset: kk * nr * 4, as: V16.self)
+                        sum += p
+                    }
+                    if valid < kb { (sp + valid * nr).update(repeating: 0, count: (kb - valid) * nr) }
+                    l[jp] = l[jp] * alpha + sum
+                    m[jp] = mx
+                    let op = UnsafeMutableRawPointer(o.pointer + jp * dPad * nr)
+                    for f in 0..<dPad {
+                        op.storeBytes(of: op.load(fromByteOffset: f * nr * 4, as: V16.self) * alpha, toByteOffset: f * nr * 4, as: V16.self)
+                    }
+                    for fp in stride(from: 0, to: dPad, by: mr) {
+                        MicroKernel.full(kc: kb, a: vp + j0 * dPad + fp * kb, b: UnsafePointer(sp),
+                                         c: o.pointer + jp * dPad * nr + fp * nr, ldc: nr)
+                    }
+                }
+                j0 += kb
+            }
+            // out = O^T / l, transposed back.
+            for jp in 0..<panels {
+                let inv = 1 / l[jp], n = min(nr, nq - jp * nr)
+                let op = UnsafeRawPointer(o.pointer + jp * dPad * nr)
+                for f in 0..<d {
+                    let y = op.load(fromByteOffset: f * nr * 4, as: V16.self) * inv
+                    let dst = out.base + (q0 + jp * nr) * out.tokenStride + f * out.featureStride
+                    if out.tokenStride == 1 && n == nr {
+                        UnsafeMutableRawPointer(dst).storeBytes(of: y, as: V16.self)
+                    } else {
+                        for c in 0..<n { dst[c * out.tokenStride] = y[c] }
+                    }
+                }
+            }
+        }
+        withExtendedLifetime((qt, s, o)) {}
+    }
+    withExtendedLifetime((kPacked, vPacked)) {}
+}

@@ -258,15 +258,11 @@ def child(engine: str, work: Path, threads: int, batches: list[int], seconds: fl
 # ---- parent --------------------------------------------------------------------------------------
 
 
-def build_model(work: Path, max_batch: int) -> dict:
-    """Random full-size model -> work/unet (safetensors), work/unet.onnx, work/x.npy."""
-    import warnings
-
-    import numpy as np
+def random_unet(config: dict):
+    """UNet2DModel.from_config(config) with every parameter random under fixed seeds: (model, generator)."""
     import torch
     from diffusers import UNet2DModel
 
-    config = json.loads(CONFIG.read_text())
     torch.manual_seed(0)
     model = UNet2DModel.from_config(config).eval()
     # Default init leaves every GroupNorm at weight 1 / bias 0 (51 tensors here) and other diffusers
@@ -283,6 +279,20 @@ def build_model(work: Path, max_batch: int) -> dict:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model, gen
+
+
+def build_model(work: Path, max_batch: int, config: dict | None = None) -> dict:
+    """Random full-size model (or UNet2DModel `config`) -> work/unet (safetensors), work/unet.onnx, work/x.npy."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    config_name = str(CONFIG.relative_to(ROOT)) if config is None else "custom"
+    if config is None:
+        config = json.loads(CONFIG.read_text())
+    model, gen = random_unet(config)
     model.save_pretrained(str(work / "unet"), safe_serialization=True)
 
     # At least two images: the ONNX export traces batch 2 so that the batch axis stays symbolic.
@@ -311,7 +321,7 @@ def build_model(work: Path, max_batch: int) -> dict:
         except TypeError:  # torch without the dynamo switch
             torch.onnx.export(Wrapped(model), (x[:2], t), str(work / "unet.onnx"), **kwargs)
     params = sum(p.numel() for p in model.parameters())
-    return {"parameters": params, "config": str(CONFIG.relative_to(ROOT))}
+    return {"parameters": params, "config": config_name}
 
 
 def cpu_model() -> str:

@@ -1,5 +1,5 @@
-/// A 2-D convolution layer: weight [cout, cin, k, k] packed at load into gemm's A panels in its
-/// stored dtype (the file's pages are handed back once packed), bias.
+/// A 2-D convolution layer: weight [cout, cin, k, k] as gemm's A panels in its stored dtype
+/// (`PackedPanels`), bias.
 public struct Conv2d {
     public let weight: StoredTensor
     let packed: PackedPanels
@@ -40,13 +40,14 @@ public struct Conv2d {
         let source = Im2colSource(x: UnsafePointer(x.data), c: cin, h: x.h, w: x.w, kernel: kernel, stride: stride,
                                   padTop: padTop, padLeft: padLeft, oh: oh, ow: ow, segment: segment)
         let out = GEMMOutput(c: y.data, ldc: ohw, segmentColumns: segment, segmentValid: ohw, segmentStride: cout * ohw)
-        let a = packed
-        if let bias {
-            bias.withUnsafeBufferPointer { b in
-                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: .rows(b.baseAddress!), threads: threads)
+        packed.withPanels(threads: threads) { a in
+            if let bias {
+                bias.withUnsafeBufferPointer { b in
+                    gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: .rows(b.baseAddress!), threads: threads)
+                }
+            } else {
+                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, threads: threads)
             }
-        } else {
-            gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, threads: threads)
         }
         return y
     }

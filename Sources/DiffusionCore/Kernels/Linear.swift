@@ -1,5 +1,5 @@
-/// torch.nn.Linear: y[m, out] = x[m, in] · W[out, in]^T + b, the weight packed at load into gemm's
-/// B panels in its stored dtype.
+/// torch.nn.Linear: y[m, out] = x[m, in] · W[out, in]^T + b, the weight as gemm's B panels in its
+/// stored dtype (`PackedPanels`).
 public struct Linear {
     public let weight: StoredTensor
     let packed: PackedPanels
@@ -26,14 +26,15 @@ public struct Linear {
                       ldy: Int? = nil, threads: Int) {
         let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
         let a = StridedSource(x, strideK: 1, strideL: ldx)
-        let b = packed
         let out = GEMMOutput(c: y, ldc: ldy, n: outFeatures)
-        if let bias {
-            bias.withUnsafeBufferPointer { bp in
-                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: .columns(bp.baseAddress!), threads: threads)
+        packed.withPanels(threads: threads) { b in
+            if let bias {
+                bias.withUnsafeBufferPointer { bp in
+                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: .columns(bp.baseAddress!), threads: threads)
+                }
+            } else {
+                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, threads: threads)
             }
-        } else {
-            gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, threads: threads)
         }
     }
 }

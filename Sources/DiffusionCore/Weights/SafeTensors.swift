@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -194,8 +195,21 @@ public final class SafeTensorsFile {
     /// Hands the mapping's resident pages back to the page cache (they fault in again, from the
     /// cache, when next read): a pipeline stage that is done with a component stops counting its
     /// weights in the process's memory. Safe while other threads read the weights.
+    /// Layers' packed copies of its weights are freed too (they pack again when next used).
     public func releaseResidentPages() {
+        for p in packedCopies.withLock({ $0.compactMap(\.value) }) { p.drop() }
         _ = madvise(mapBase, mapLength, MADV_DONTNEED)
+    }
+
+    private struct WeakPacked { weak var value: PackedPanels? }
+    private let packedCopies = Mutex<[WeakPacked]>([])
+
+    /// A layer's packed copy of some of this file's weights, freed by `releaseResidentPages`.
+    func register(_ p: PackedPanels) {
+        packedCopies.withLock { list in
+            list.removeAll { $0.value == nil }
+            list.append(WeakPacked(value: p))
+        }
     }
 
     /// The dtype name as the file states it ("F16", "I64", ...), for any tensor in the file.

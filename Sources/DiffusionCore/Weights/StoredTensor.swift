@@ -1,6 +1,6 @@
 /// A weight tensor as its file stores it (F32, F16 or BF16), backed by the file's mapping. Layers
-/// pack their matrices once into gemm panels (`packed`), in the stored dtype; small vectors are
-/// widened (`floats`).
+/// see their matrices as gemm panels (`packed`), in the stored dtype; small vectors are widened
+/// (`floats`).
 public struct StoredTensor {
     public let file: SafeTensorsFile
     public let info: TensorInfo
@@ -19,14 +19,9 @@ public struct StoredTensor {
         }
     }
 
-    /// The tensor packed into gemm panels (see `PackedPanels`); the mapping's pages of it are
-    /// handed back to the page cache afterwards, so the weight counts once in memory.
+    /// The tensor as gemm panels (see `PackedPanels`: packed on first use).
     func packed(k: Int, width: Int, strideK: Int, strideL: Int, panel: Int) -> PackedPanels {
-        let bytes = file.rawBytes(info)
-        let p = PackedPanels(bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!, dtype: info.dtype, k: k, width: width,
-                             strideK: strideK, strideL: strideL, panel: panel)
-        file.releasePages(bytes)
-        return p
+        PackedPanels(self, k: k, width: width, strideK: strideK, strideL: strideL, panel: panel)
     }
 
     /// Rows `first..<first+rows` of a tensor seen as [shape[0], rest] (an embedding lookup).

@@ -28,10 +28,10 @@ BENCH_ARGS  ?=
 
 all: build
 
-# System packages: OpenBLAS (GEMM), libomp (OpenBLAS's OpenMP builds), pkg-config.
+# System packages: pkg-config (test-install builds the C example with it).
 deps:
 	@missing=""; \
-	for p in libopenblas-dev libomp-dev pkg-config; do \
+	for p in pkg-config; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -19,7 +19,7 @@ let package = Package(
             name: "DiffusionCore",
             dependencies: ["CDiffusion"],
             path: "Sources/DiffusionCore",
-            linkerSettings: [.linkedLibrary("openblas"), .linkedLibrary("m")]
+            linkerSettings: [.linkedLibrary("m")]
         ),
         .target(
             name: "Diffusion",

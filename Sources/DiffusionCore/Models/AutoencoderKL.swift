@@ -21,7 +21,6 @@ public final class AutoencoderKL {
     public static let maxSide = 1 << 16
 
     public init(config: AutoencoderKLConfig, weights file: SafeTensorsFile) throws {
-        _ = blasSingleThreaded
         try config.validate()
         self.config = config
         let w = WeightLoader(file: file)

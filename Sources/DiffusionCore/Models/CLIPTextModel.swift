@@ -17,7 +17,6 @@ public final class CLIPTextModel {
     /// `text_model.embeddings.token_embedding.weight`. Tensors the model does not use
     /// (`position_ids`, `text_projection.weight`, `logit_scale`, ...) are ignored, whatever their dtype.
     public init(config: CLIPTextConfig, weights file: SafeTensorsFile) throws {
-        _ = blasSingleThreaded
         try config.validate()
         self.config = config
         let prefixed = file.dtypeName("text_model.embeddings.token_embedding.weight") != nil

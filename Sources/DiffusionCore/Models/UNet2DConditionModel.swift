@@ -15,7 +15,6 @@ public final class UNet2DConditionModel {
     private let convOut: Conv2d
 
     public init(config: UNet2DConditionConfig, weights file: SafeTensorsFile) throws {
-        _ = blasSingleThreaded
         self.config = config
         let w = WeightLoader(file: file)
         let ch = config.blockOutChannels, levels = ch.count

@@ -19,7 +19,6 @@ public final class UNet2DModel {
     private let convOut: Conv2d
 
     public init(config: UNet2DConfig, weights file: SafeTensorsFile) throws {
-        _ = blasSingleThreaded
         self.config = config
         let w = WeightLoader(file: file)
         let ch = config.blockOutChannels

@@ -1,6 +1,6 @@
 /// C = A · B (+ bias) for the convolutions and linear layers: A is m × k, B is k × n, each an
 /// operand that packs itself into panels (`PanelSource`: weights in their stored dtype, im2col of
-/// an activation, a strided matrix), so nothing is widened or unfolded in full before the product.
+/// an activation, a linear layer's input rows), so nothing is widened or unfolded in full first.
 ///
 /// C is cut into fixed tiles of rows × columns that depend on the shape only; a tile walks k in
 /// blocks of `kBlock`, packs its slab of A (rows in panels of 6) and of B (columns in panels of
@@ -143,52 +143,24 @@ private func initialize(_ out: GEMMOutput, bias: GEMMBias, row0: Int, rows: Int,
     }
 }
 
-/// A matrix in memory (any stored dtype) as a gemm operand: element (k, l) at
-/// base + (k · strideK + l · strideL) elements. A row-major A (m × k, lda) is strideK 1,
-/// strideL lda; a row-major B (k × n, ldb) is strideK ldb, strideL 1; a linear layer's weight
-/// [out, in] as B is strideK 1, strideL in.
-struct StridedSource: PanelSource {
-    let base: UnsafeRawPointer
-    let dtype: DType
-    let strideK: Int, strideL: Int
-
-    init(_ base: UnsafeRawPointer, dtype: DType = .f32, strideK: Int, strideL: Int) {
-        self.base = base; self.dtype = dtype; self.strideK = strideK; self.strideL = strideL
-    }
-
-    init(_ p: UnsafePointer<Float>, strideK: Int, strideL: Int) {
-        self.init(UnsafeRawPointer(p), strideK: strideK, strideL: strideL)
-    }
+/// Row-major float32 rows (a linear layer's input: row l, element kk at base[l · ld + kk]) as
+/// gemm's A operand: panels of rows, each k-major.
+struct RowsSource: PanelSource {
+    let base: UnsafePointer<Float>
+    let ld: Int
 
     func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
-        let size = dtype.byteSize
         var q = 0
         while q * panel < width {
             let first = l0 + q * panel, w = min(panel, width - q * panel)
             let d = dst + q * panel * kc
-            if strideL == 1 {
-                // Panel rows are contiguous in memory.
-                for kk in 0..<kc {
-                    dtype.convert(base + ((k0 + kk) * strideK + first) * size, count: w, to: d + kk * panel)
-                    if w < panel { (d + kk * panel + w).update(repeating: 0, count: panel - w) }
+            for r in 0..<panel {
+                if r >= w {
+                    for kk in 0..<kc { d[kk * panel + r] = 0 }
+                    continue
                 }
-            } else if strideK == 1 {
-                // Columns are contiguous: widen each run of kc, then scatter it into its lane.
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: kc) { run in
-                    let r = run.baseAddress!
-                    for l in 0..<w {
-                        dtype.convert(base + (k0 + (first + l) * strideL) * size, count: kc, to: r)
-                        for kk in 0..<kc { d[kk * panel + l] = r[kk] }
-                    }
-                }
-                if w < panel { for kk in 0..<kc { (d + kk * panel + w).update(repeating: 0, count: panel - w) } }
-            } else {
-                for kk in 0..<kc {
-                    for l in 0..<w {
-                        dtype.convert(base + ((k0 + kk) * strideK + (first + l) * strideL) * size, count: 1, to: d + kk * panel + l)
-                    }
-                    if w < panel { (d + kk * panel + w).update(repeating: 0, count: panel - w) }
-                }
+                let row = base + (first + r) * ld + k0
+                for kk in 0..<kc { d[kk * panel + r] = row[kk] }
             }
             q += 1
         }

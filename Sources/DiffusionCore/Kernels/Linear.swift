@@ -25,7 +25,7 @@ public struct Linear {
     public func apply(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, into y: UnsafeMutablePointer<Float>,
                       ldy: Int? = nil, threads: Int) {
         let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
-        let a = StridedSource(x, strideK: 1, strideL: ldx)
+        let a = RowsSource(base: x, ld: ldx)
         let out = GEMMOutput(c: y, ldc: ldy, n: outFeatures)
         packed.withPanels(threads: threads) { b in
             if let bias {

@@ -19,10 +19,6 @@ public struct Conv2d {
         packed = weight.packed(k: kk, width: cout, strideK: 1, strideL: kk, panel: MicroKernel.rows)
     }
 
-    /// Scratch a convolution holds beyond its output: each running GEMM tile's packed slabs
-    /// (under 1 MB), pooled per thread; an upper bound for memory estimates.
-    static let scratchBytes = 8 << 20
-
     public func outputSize(h: Int, w: Int) -> (h: Int, w: Int) {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)
     }

@@ -3,7 +3,7 @@
 /// an activation, a linear layer's input rows), so nothing is widened or unfolded in full first.
 ///
 /// C is cut into fixed tiles of rows × columns that depend on the shape only; a tile walks k in
-/// blocks of `kBlock`, packs its slab of A (rows in panels of 6) and of B (columns in panels of
+/// blocks of `gemmDepth(k)`, packs its slab of A (rows in panels of 6) and of B (columns in panels of
 /// 16) and runs the 6 × 16 micro-kernel over them. Each element of C sums its k products in the
 /// same order whatever the tiling and thread count, so results are bitwise reproducible.
 ///
@@ -67,6 +67,16 @@ let gemmKBlock = 256
 @inline(__always)
 func gemmDepth(_ k: Int) -> Int { k <= gemmKBlock * 3 / 2 ? max(k, 1) : gemmKBlock }
 
+/// The largest tile, in row panels (of 6) and column panels (of 16).
+let gemmTilePanels = (rows: 96, cols: 24)
+
+/// Scratch the running tiles of a gemm hold at most (their packed slabs, under 1 MB per thread):
+/// for memory estimates.
+func gemmScratchBytes(threads: Int) -> Int {
+    let slabs = gemmTilePanels.rows * MicroKernel.rows + gemmTilePanels.cols * MicroKernel.cols
+    return max(threads, 1) * slabs * gemmKBlock * 3 / 2 * MemoryLayout<Float>.size
+}
+
 func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, out: GEMMOutput,
                                           bias: GEMMBias = .none, threads: Int) {
     guard m > 0, n > 0 else { return }
@@ -77,7 +87,7 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
     // operand — is packed for 576 rows of C instead of 192 (cifar batch 8: 0.85 -> 0.72 s; SD VAE
     // decode 25.5 -> 20.4 s, one run each on a noisy VM; taller still was no better). The A slab
     // (576 rows × kc, 576 KB) then streams from L2/L3, which the broadcasts tolerate.
-    var tileM = min(mPanels, 96), tileN = min(nPanels, 24)
+    var tileM = min(mPanels, gemmTilePanels.rows), tileN = min(nPanels, gemmTilePanels.cols)
     func jobs() -> Int { ((mPanels + tileM - 1) / tileM) * ((nPanels + tileN - 1) / tileN) }
     // Enough tiles to keep a few threads busy; from the shape only, never the thread count.
     while jobs() < 8 && tileN > 4 { tileN = (tileN + 1) / 2 }
@@ -87,19 +97,25 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
         let row0 = (job % mTiles) * tileM * mr, col0 = (job / mTiles) * tileN * nr
         let rows = min(tileM * mr, m - row0), cols = min(tileN * nr, n - col0)
         let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-        let aSlab = FloatBuffer(count: rowPanels * mr * kc), bSlab = FloatBuffer(count: colPanels * nr * kc)
+        // Slabs only for operands that are not already packed float32 (taken from the pool once
+        // per tile, not per k block).
+        var aSlab: FloatBuffer?, bSlab: FloatBuffer?
         initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels)
         var k0 = 0
         while k0 < k {
             let depth = min(kc, k - k0)
             let aPanels: UnsafePointer<Float>, bPanels: UnsafePointer<Float>
             if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
-                a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: aSlab.pointer)
-                aPanels = UnsafePointer(aSlab.pointer)
+                let slab = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
+                aSlab = slab
+                a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab.pointer)
+                aPanels = UnsafePointer(slab.pointer)
             }
             if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
-                b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: bSlab.pointer)
-                bPanels = UnsafePointer(bSlab.pointer)
+                let slab = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
+                bSlab = slab
+                b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab.pointer)
+                bPanels = UnsafePointer(slab.pointer)
             }
             for jp in 0..<colPanels {
                 let (c, valid) = out.panel(col0 + jp * nr)

@@ -90,15 +90,14 @@ final class PackedPanels: @unchecked Sendable {
                                                  k0: Int, q: Int, padded: Int) {
         let depth = min(kc, k - k0), size = MemoryLayout<E>.size
         let d = storage.assumingMemoryBound(to: E.self) + k0 * padded + q * panel * depth
-        for lane in 0..<panel {
-            let l = q * panel + lane
-            if l >= width {
-                for kk in 0..<depth { d[kk * panel + lane] = 0 }
-                continue
+        let lanes = min(panel, width - q * panel)
+        // Written in order (k-major), read from `lanes` source streams at once.
+        for kk in 0..<depth {
+            let row = d + kk * panel, at = (k0 + kk) * strideK
+            for lane in 0..<lanes {
+                row[lane] = src.loadUnaligned(fromByteOffset: (at + (q * panel + lane) * strideL) * size, as: E.self)
             }
-            for kk in 0..<depth {
-                d[kk * panel + lane] = src.loadUnaligned(fromByteOffset: ((k0 + kk) * strideK + l * strideL) * size, as: E.self)
-            }
+            for lane in lanes..<panel { row[lane] = 0 }
         }
     }
 }

@@ -149,9 +149,9 @@ public final class AutoencoderKL {
     /// [batch, latent_channels, height, width]: the largest set of activations alive at once (a
     /// resnet holds its input, two normalised / convolved temporaries and the residual sum; an
     /// upsampler holds its input, the 2x copy and the conv output; the mid attention its input,
-    /// normalised input, q, k, v and output), plus convolution scratch (im2col bands, widened
-    /// f16 weights) and attention scores (one block of 128 query rows per thread), plus the freed
-    /// temporaries the buffer pool keeps (see `VAEMemory.bytes`).
+    /// normalised input, q, k, v and output), plus the gemm tiles' packed slabs, the widest
+    /// layer's weight widened (kept as slack: only tile slabs are widened now) and attention's
+    /// packed K and V^T, plus the freed temporaries the buffer pool keeps (see `VAEMemory.bytes`).
     public func decodeWorkingSetBytes(height: Int, width: Int, batch: Int, threads: Int = cpuCount()) -> Double {
         Self.decodeWorkingSetBytes(config: config, height: height, width: width, batch: batch, threads: threads)
     }
@@ -227,13 +227,14 @@ enum VAEMemory {
     /// so the process holds about one more live set of dead temporaries at the peak.
     static let poolLimit = Double(BufferPool.limit)
 
-    /// Live activations (floats) plus convolution scratch, attention scores and the pool's share.
-    /// Measured on an SD-shaped random VAE (2 threads, f32 weights): the peak RSS above the
-    /// weights was 0.38 / 1.34 / 2.39 GB for 32² / 64² / 96² latents; this gives 0.40 / 1.41 / 2.65.
+    /// Live activations (floats) plus convolution scratch, attention's packed K and V^T and the
+    /// pool's share. Measured on an SD-shaped random VAE (2 threads, f32 weights, before the own
+    /// gemm): the peak RSS above the weights was 0.38 / 1.34 / 2.39 GB for 32² / 64² / 96² latents;
+    /// this gives about 0.40 / 1.41 / 2.65.
     static func bytes(activations: Double, channels: Double, tokens: Double, threads: Int) -> Double {
-        let im2col = Double(Conv2d.scratchBytes) + Double(16 << 20)
+        let im2col = Double(gemmScratchBytes(threads: threads)) + Double(16 << 20)
         let widenedWeight = channels * channels * 9
-        let scores = Double(max(threads, 1)) * 128 * tokens
-        return 4 * (activations + widenedWeight + scores) + im2col + min(4 * activations, poolLimit)
+        let packedKV = 2 * channels * tokens
+        return 4 * (activations + widenedWeight + packedKV) + im2col + min(4 * activations, poolLimit)
     }
 }

@@ -111,7 +111,7 @@ public final class UNet2DConditionModel {
             peak = max(peak, nd * cd * s * 16)
         }
         let scores = Double(max(threads, 1)) * 64 * max(hw, 77)
-        let im2col = Double(Conv2d.scratchBytes) / 4
+        let im2col = Double(gemmScratchBytes(threads: threads)) / 4
         return 4 * (activations + peak + scores + im2col)
     }
 

@@ -3,6 +3,8 @@
 public struct Conv2d {
     public let weight: StoredTensor
     let packed: PackedPanels
+    /// The 16 Winograd matrices, for 3 × 3 stride-1 padding-1 layers (packed on first use).
+    let winograd: PackedPanels?
     public let bias: [Float]?
     public let cin: Int, cout: Int, kernel: Int, stride: Int
     /// Zero padding on each side (top, left, bottom, right).
@@ -17,7 +19,27 @@ public struct Conv2d {
         let kk = cin * kernel * kernel
         precondition(weight.count == cout * kk, "conv weight shape")
         packed = weight.packed(k: kk, width: cout, strideK: 1, strideL: kk, panel: MicroKernel.rows)
+        winograd = kernel == 3 && stride == 1 && (padTop, padLeft, padBottom, padRight) == (1, 1, 1, 1)
+            ? PackedPanels(weight, k: cin, width: cout, strideK: 9, strideL: cin * 9, panel: MicroKernel.rows, winograd: true)
+            : nil
     }
+
+    enum Algorithm { case automatic, im2col, winograd }
+
+    /// Whether a call on x takes the Winograd path: a shape it handles, with enough tiles that
+    /// the per-call transforms pay (measured: see bench/README.md).
+    func usesWinograd(_ x: Tensor, _ algorithm: Algorithm = .automatic) -> Bool {
+        guard winograd != nil,
+              WinogradConv.applicable(kernel: kernel, stride: stride, pads: (padTop, padLeft, padBottom, padRight), h: x.h, w: x.w)
+        else { return false }
+        switch algorithm {
+        case .im2col: return false
+        case .winograd: return true
+        case .automatic: return x.n * x.h * x.w / 4 >= Conv2d.winogradMinTiles
+        }
+    }
+
+    static let winogradMinTiles = 256
 
     public func outputSize(h: Int, w: Int) -> (h: Int, w: Int) {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)
@@ -27,9 +49,25 @@ public struct Conv2d {
     /// im2col(x), where the im2col columns are made panel by panel as the GEMM packs them (never
     /// in full) and the weight is read in its stored dtype.
     public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
+        forward(x, threads: threads, algorithm: .automatic)
+    }
+
+    func forward(_ x: Tensor, threads: Int, algorithm: Algorithm) -> Tensor {
         precondition(x.c == cin, "conv input channels")
         let (oh, ow) = outputSize(h: x.h, w: x.w)
         let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
+        if usesWinograd(x, algorithm), let winograd {
+            winograd.withPanels(threads: threads) { u in
+                if let bias {
+                    bias.withUnsafeBufferPointer { b in
+                        WinogradConv.run(x: x, y: y, u: u, bias: b.baseAddress!, cin: cin, cout: cout, threads: threads)
+                    }
+                } else {
+                    WinogradConv.run(x: x, y: y, u: u, bias: nil, cin: cin, cout: cout, threads: threads)
+                }
+            }
+            return y
+        }
         let ohw = oh * ow, kk = cin * kernel * kernel
         // Each image's columns padded to whole panels, so no panel spans two images.
         let segment = (ohw + MicroKernel.cols - 1) / MicroKernel.cols * MicroKernel.cols

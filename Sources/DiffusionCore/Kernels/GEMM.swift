@@ -53,10 +53,14 @@ protocol PanelSource {
     func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>)
     /// The packed slab in place, when the source already holds it as float32 (`PackedPanels`).
     func direct(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<Float>?
+    /// As an A operand: element (kk, l) at p[(l − l0) · ld + kk − k0] for the returned (p, ld),
+    /// when the source is float32 rows the micro-kernel can read in place (`RowsSource`).
+    func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)?
 }
 
 extension PanelSource {
     func direct(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<Float>? { nil }
+    func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { nil }
 }
 
 /// Depth of one packed slab: 6 × 256 floats of A (6 KB) and 16 × 256 of B (16 KB) stay in L1
@@ -77,65 +81,120 @@ func gemmScratchBytes(threads: Int) -> Int {
     return max(threads, 1) * slabs * gemmKBlock * 3 / 2 * MemoryLayout<Float>.size
 }
 
+/// How `gemm` cuts an m × n product into tiles of C: from the shape only (and the number of
+/// same-shaped products run together), never the thread count.
+struct GEMMPlan {
+    let m: Int, n: Int, k: Int, kc: Int
+    let tileM: Int, tileN: Int, mTiles: Int, nTiles: Int
+    var jobs: Int { mTiles * nTiles }
+
+    /// `wideColumns`: tiles span all of n (cut only when there are too few row tiles), for an A operand
+    /// that is costly to pack and a B that is not (a linear layer's input rows against its packed
+    /// weight): each A slab is then packed once per call instead of once per 24 column panels.
+    init(m: Int, n: Int, k: Int, problems: Int = 1, wideColumns: Bool = false) {
+        let mr = MicroKernel.rows, nr = MicroKernel.cols
+        self.m = m; self.n = n; self.k = k
+        kc = gemmDepth(k)
+        let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
+        // Tall tiles (up to 576 rows): each B slab — im2col packed from the activation, the costly
+        // operand — is packed for 576 rows of C instead of 192 (cifar batch 8: 0.85 -> 0.72 s; SD VAE
+        // decode 25.5 -> 20.4 s, one run each on a noisy VM; taller still was no better). The A slab
+        // (576 rows × kc, 576 KB) then streams from L2/L3, which the broadcasts tolerate.
+        var tileM = min(mPanels, gemmTilePanels.rows), tileN = min(nPanels, wideColumns ? nPanels : gemmTilePanels.cols)
+        func jobs() -> Int { ((mPanels + tileM - 1) / tileM) * ((nPanels + tileN - 1) / tileN) * problems }
+        // Enough tiles to keep a few threads busy.
+        while jobs() < 8 && tileN > 4 { tileN = (tileN + 1) / 2 }
+        while jobs() < 8 && tileM > 4 { tileM = (tileM + 1) / 2 }
+        self.tileM = tileM; self.tileN = tileN
+        mTiles = (mPanels + tileM - 1) / tileM; nTiles = (nPanels + tileN - 1) / tileN
+    }
+}
+
 func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, out: GEMMOutput,
-                                          bias: GEMMBias = .none, threads: Int) {
+                                          bias: GEMMBias = .none, wideColumns: Bool = false, threads: Int) {
     guard m > 0, n > 0 else { return }
+    let plan = GEMMPlan(m: m, n: n, k: k, wideColumns: wideColumns)
+    parallelFor(plan.jobs, threads: threads) { job in
+        gemmTile(plan, job, a: a, b: b, out: out, bias: bias)
+    }
+}
+
+/// Tile `job` of `plan`: C's rows × columns of that tile, all of k.
+@inline(__always)
+func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A, b: B, out: GEMMOutput,
+                                              bias: GEMMBias) {
     let mr = MicroKernel.rows, nr = MicroKernel.cols
-    let kc = gemmDepth(k)
-    let mPanels = (m + mr - 1) / mr, nPanels = (n + nr - 1) / nr
-    // Tall tiles (up to 576 rows): each B slab — im2col packed from the activation, the costly
-    // operand — is packed for 576 rows of C instead of 192 (cifar batch 8: 0.85 -> 0.72 s; SD VAE
-    // decode 25.5 -> 20.4 s, one run each on a noisy VM; taller still was no better). The A slab
-    // (576 rows × kc, 576 KB) then streams from L2/L3, which the broadcasts tolerate.
-    var tileM = min(mPanels, gemmTilePanels.rows), tileN = min(nPanels, gemmTilePanels.cols)
-    func jobs() -> Int { ((mPanels + tileM - 1) / tileM) * ((nPanels + tileN - 1) / tileN) }
-    // Enough tiles to keep a few threads busy; from the shape only, never the thread count.
-    while jobs() < 8 && tileN > 4 { tileN = (tileN + 1) / 2 }
-    while jobs() < 8 && tileM > 4 { tileM = (tileM + 1) / 2 }
-    let mTiles = (mPanels + tileM - 1) / tileM, nTiles = (nPanels + tileN - 1) / tileN
-    parallelFor(mTiles * nTiles, threads: threads) { job in
-        let row0 = (job % mTiles) * tileM * mr, col0 = (job / mTiles) * tileN * nr
-        let rows = min(tileM * mr, m - row0), cols = min(tileN * nr, n - col0)
-        let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-        // Slabs only for operands that are not already packed float32 (taken from the pool once
-        // per tile, not per k block).
-        var aSlab: FloatBuffer?, bSlab: FloatBuffer?
-        initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels)
-        var k0 = 0
-        while k0 < k {
-            let depth = min(kc, k - k0)
-            let aPanels: UnsafePointer<Float>, bPanels: UnsafePointer<Float>
-            if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
-                let slab = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
-                aSlab = slab
-                a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab.pointer)
-                aPanels = UnsafePointer(slab.pointer)
-            }
-            if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
-                let slab = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
-                bSlab = slab
-                b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab.pointer)
-                bPanels = UnsafePointer(slab.pointer)
-            }
-            for jp in 0..<colPanels {
-                let (c, valid) = out.panel(col0 + jp * nr)
-                guard valid > 0 else { continue }
-                let bp = bPanels + jp * nr * depth
-                for ip in 0..<rowPanels {
-                    let ap = aPanels + ip * mr * depth
-                    let r = ip * mr, height = min(mr, rows - r)
-                    let cp = c + (row0 + r) * out.ldc
+    let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
+    let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
+    let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
+    let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
+    // Slabs only for operands that are not already packed float32 (taken from the pool once
+    // per tile, not per k block).
+    var aSlab: FloatBuffer?, bSlab: FloatBuffer?
+    initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels)
+    var k0 = 0
+    while k0 < k {
+        let depth = min(kc, k - k0)
+        let aPanels: UnsafePointer<Float>, bPanels: UnsafePointer<Float>
+        let aRows = a.rows(k0: k0, l0: row0)
+        if aRows != nil {
+            aPanels = UnsafePointer(bitPattern: 64)!  // unused: A is read in place
+        } else if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
+            let slab = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
+            aSlab = slab
+            a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab.pointer)
+            aPanels = UnsafePointer(slab.pointer)
+        }
+        if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
+            let slab = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
+            bSlab = slab
+            b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab.pointer)
+            bPanels = UnsafePointer(slab.pointer)
+        }
+        if let (base, lda) = aRows {
+            // A read in place: each 6-row panel (6 × kc, L1) runs against all column panels
+            // (streamed), so the rows — possibly pages apart — are touched once per k block.
+            for ip in 0..<rowPanels {
+                let r = ip * mr, height = min(mr, rows - r)
+                let ar = base + r * lda
+                for jp in 0..<colPanels {
+                    let (c, valid) = out.panel(col0 + jp * nr)
+                    guard valid > 0 else { continue }
+                    let bp = bPanels + jp * nr * depth, cp = c + (row0 + r) * out.ldc
                     if height == mr && valid == nr {
-                        MicroKernel.full(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc)
+                        MicroKernel.fullRows(kc: depth, a: ar, lda: lda, b: bp, c: cp, ldc: out.ldc)
                     } else {
-                        MicroKernel.edge(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid)
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: mr * depth) { t in
+                            let panel = t.baseAddress!
+                            for i in 0..<mr {
+                                for kk in 0..<depth { panel[kk * mr + i] = i < height ? ar[i * lda + kk] : 0 }
+                            }
+                            MicroKernel.edge(kc: depth, a: panel, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid)
+                        }
                     }
                 }
             }
             k0 += depth
+            continue
         }
-        withExtendedLifetime((aSlab, bSlab)) {}
+        for jp in 0..<colPanels {
+            let (c, valid) = out.panel(col0 + jp * nr)
+            guard valid > 0 else { continue }
+            let bp = bPanels + jp * nr * depth
+            for ip in 0..<rowPanels {
+                let r = ip * mr, height = min(mr, rows - r)
+                let cp = c + (row0 + r) * out.ldc
+                let ap = aPanels + ip * mr * depth
+                if height == mr && valid == nr {
+                    MicroKernel.full(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc)
+                } else {
+                    MicroKernel.edge(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid)
+                }
+            }
+        }
+        k0 += depth
     }
+    withExtendedLifetime((aSlab, bSlab)) {}
 }
 
 /// The tile's part of C before the first slab: zero or the bias (or left as is to accumulate).
@@ -164,6 +223,8 @@ private func initialize(_ out: GEMMOutput, bias: GEMMBias, row0: Int, rows: Int,
 struct RowsSource: PanelSource {
     let base: UnsafePointer<Float>
     let ld: Int
+
+    func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { (base + l0 * ld + k0, ld) }
 
     func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
         var q = 0

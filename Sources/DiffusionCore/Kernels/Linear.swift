@@ -30,10 +30,11 @@ public struct Linear {
         packed.withPanels(threads: threads) { b in
             if let bias {
                 bias.withUnsafeBufferPointer { bp in
-                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: .columns(bp.baseAddress!), threads: threads)
+                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: .columns(bp.baseAddress!),
+                         wideColumns: true, threads: threads)
                 }
             } else {
-                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, threads: threads)
+                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, wideColumns: true, threads: threads)
             }
         }
     }

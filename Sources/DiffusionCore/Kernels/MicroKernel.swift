@@ -40,6 +40,36 @@ enum MicroKernel {
         add(3, c30, c31); add(4, c40, c41); add(5, c50, c51)
     }
 
+    /// `full` with A read in place from 6 row-major float32 rows (row r, element kk at
+    /// a[r · lda + kk]): a linear layer's input needs no packing. The same operations in the same
+    /// order as `full`, so the same bits.
+    @inline(never)
+    static func fullRows(kc: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>,
+                         c: UnsafeMutablePointer<Float>, ldc: Int) {
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
+        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
+        let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
+        var bp = UnsafeRawPointer(b)
+        for kk in 0..<kc {
+            let b0 = bp.load(as: V.self), b1 = bp.load(fromByteOffset: 32, as: V.self)
+            var x = V(repeating: a0[kk]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = V(repeating: a1[kk]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = V(repeating: a2[kk]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = V(repeating: a3[kk]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = V(repeating: a4[kk]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = V(repeating: a5[kk]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            bp += 64
+        }
+        let cr = UnsafeMutableRawPointer(c)
+        @inline(__always) func add(_ row: Int, _ v0: V, _ v1: V) {
+            let p = cr + row * ldc * 4
+            p.storeBytes(of: p.loadUnaligned(as: V.self) + v0, as: V.self)
+            p.storeBytes(of: p.loadUnaligned(fromByteOffset: 32, as: V.self) + v1, toByteOffset: 32, as: V.self)
+        }
+        add(0, c00, c01); add(1, c10, c11); add(2, c20, c21)
+        add(3, c30, c31); add(4, c40, c41); add(5, c50, c51)
+    }
+
     /// The same for a tile at the edge of C: only rows × cols of it exist.
     @inline(never)
     static func edge(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,

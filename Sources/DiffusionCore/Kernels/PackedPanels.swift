@@ -17,18 +17,28 @@ import Synchronization
 /// Layout: k in the blocks `gemmDepth(k)` cuts it into; within the block of depth kc starting at
 /// k0, panel q holds kc × panel elements (k-major) at element k0 · paddedWidth + q · panel · kc,
 /// zero past `width`. So a tile's slab (consecutive panels of one block) is one contiguous run.
+///
+/// `winograd`: a 3 × 3 convolution's weight [width = cout, k = cin, 3, 3] as the 16 float32
+/// matrices U_ξ = (G g Gᵀ)_ξ of Winograd F(2 × 2, 3 × 3) (`WinogradConv`), each k × width in the
+/// layout above, one after the other. They are float32 (16/9 of the float32 weight), so they are
+/// kept only for float32 weights (where they replace a float32 packed copy); for F16 / BF16
+/// weights (SD checkpoints) they are made per call in pooled scratch, which keeps the model at 2
+/// bytes per weight (a kept copy added 0.4 GB to the SD1.5 UNet: 2.23 -> 2.63 GB peak).
 final class PackedPanels: @unchecked Sendable {
     let k: Int, width: Int, panel: Int, kc: Int
     let dtype: DType
+    let winograd: Bool
     private let source: StoredTensor
     private let strideK: Int, strideL: Int
     private struct State { var storage: UnsafeMutableRawPointer?; var users = 0; var dropWanted = false }
     private let state = Mutex(State())
 
     /// Element (kk, l) is the source tensor's element kk · strideK + l · strideL.
-    init(_ source: StoredTensor, k: Int, width: Int, strideK: Int, strideL: Int, panel: Int) {
+    init(_ source: StoredTensor, k: Int, width: Int, strideK: Int, strideL: Int, panel: Int, winograd: Bool = false) {
         self.source = source
-        self.k = k; self.width = width; self.panel = panel; self.dtype = source.dtype
+        self.k = k; self.width = width; self.panel = panel
+        self.winograd = winograd
+        dtype = winograd ? .f32 : source.dtype
         self.strideK = strideK; self.strideL = strideL
         kc = gemmDepth(k)
         source.file.register(self)
@@ -40,6 +50,14 @@ final class PackedPanels: @unchecked Sendable {
 
     /// Runs `body` with the packed panels (packing them first if needed, over `threads`).
     func withPanels<R>(threads: Int, _ body: (PackedView) -> R) -> R {
+        if winograd && source.dtype != .f32 {
+            let scratch = FloatBuffer(count: 16 * k * paddedWidth)
+            let storage = UnsafeMutableRawPointer(scratch.pointer)
+            pack(threads: threads, into: storage)
+            return withExtendedLifetime(scratch) {
+                body(PackedView(storage: storage, dtype: dtype, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth))
+            }
+        }
         let storage = state.withLock { s -> UnsafeMutableRawPointer in
             s.users += 1
             if let p = s.storage { return p }
@@ -64,15 +82,28 @@ final class PackedPanels: @unchecked Sendable {
     }
 
     private func pack(threads: Int) -> UnsafeMutableRawPointer {
-        let padded = paddedWidth, size = dtype.byteSize
+        let matrices = winograd ? 16 : 1
         var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, (max(1, k * padded * size) + 63) & ~63) != 0 || raw == nil {
+        if posix_memalign(&raw, 64, (max(1, matrices * k * paddedWidth * dtype.byteSize) + 63) & ~63) != 0 || raw == nil {
             fatalError("libdiffusion: out of memory packing a \(k) × \(width) weight")
         }
-        let dst = raw!
+        pack(threads: threads, into: raw!)
+        return raw!
+    }
+
+    private func pack(threads: Int, into dst: UnsafeMutableRawPointer) {
+        let padded = paddedWidth, size = dtype.byteSize
         let bytes = source.file.rawBytes(source.info)
         let src = bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!
         let panels = padded / panel, blocks = (k + kc - 1) / kc
+        if winograd {
+            parallelFor(panels, threads: threads) { q in
+                packWinogradPanel(src, into: dst.assumingMemoryBound(to: Float.self), q: q, padded: padded)
+            }
+            // Made per call from F16 / BF16: the mapped weight stays resident (it is read again).
+            if source.dtype == .f32 { source.file.releasePages(bytes) }
+            return
+        }
         parallelFor(blocks * panels, threads: threads) { job in
             let k0 = (job / panels) * kc, q = job % panels
             switch size {
@@ -81,7 +112,6 @@ final class PackedPanels: @unchecked Sendable {
             }
         }
         source.file.releasePages(bytes)
-        return dst
     }
 
     /// One panel of one k block: raw element copies (the source need not be aligned for its dtype),
@@ -102,6 +132,49 @@ final class PackedPanels: @unchecked Sendable {
     }
 }
 
+extension PackedPanels {
+    /// Panel q (output channels q · panel ..< +panel) of all 16 Winograd matrices: each (co, ci)
+    /// kernel g (3 × 3, widened exactly) becomes U = G g Gᵀ with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],
+    /// U_ξ (ξ = 4 · row + column) going to matrix ξ at (ci, co).
+    fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutablePointer<Float>, q: Int, padded: Int) {
+        let lanes = min(panel, width - q * panel), size = source.dtype.byteSize, per = k * 9
+        let g = FloatBuffer(count: per)
+        let matrix = k * padded
+        for lane in 0..<panel {
+            if lane < lanes {
+                source.dtype.convert(src + (q * panel + lane) * per * size, count: per, to: g.pointer)
+            }
+            var k0 = 0
+            while k0 < k {
+                let depth = min(kc, k - k0)
+                let base = dst + k0 * padded + q * panel * depth + lane
+                for kk in 0..<depth {
+                    let at = base + kk * panel
+                    guard lane < lanes else {
+                        for xi in 0..<16 { at[xi * matrix] = 0 }
+                        continue
+                    }
+                    let w = g.pointer + (k0 + kk) * 9
+                    // Rows of G g (4 × 3), then each row times Gᵀ.
+                    @inline(__always) func column(_ c: Int) -> SIMD4<Float> {
+                        let a = w[c], b = w[3 + c], d = w[6 + c]
+                        return SIMD4(a, (a + b + d) * 0.5, (a - b + d) * 0.5, d)
+                    }
+                    let c0 = column(0), c1 = column(1), c2 = column(2)  // columns of G g
+                    let u0 = c0, u1 = (c0 + c1 + c2) * 0.5, u2 = (c0 - c1 + c2) * 0.5, u3 = c2
+                    for r in 0..<4 {
+                        at[(4 * r) * matrix] = u0[r]
+                        at[(4 * r + 1) * matrix] = u1[r]
+                        at[(4 * r + 2) * matrix] = u2[r]
+                        at[(4 * r + 3) * matrix] = u3[r]
+                    }
+                }
+                k0 += depth
+            }
+        }
+    }
+}
+
 /// Packed panels as a gemm operand, valid inside `PackedPanels.withPanels`.
 struct PackedView: PanelSource {
     let storage: UnsafeMutableRawPointer
@@ -112,6 +185,11 @@ struct PackedView: PanelSource {
     private func offset(k0: Int, l0: Int, kc depth: Int) -> Int {
         precondition(l0 % panel == 0 && k0 % kc == 0 && depth == min(kc, k - k0), "packed weight read out of its blocking")
         return k0 * paddedWidth + l0 * depth
+    }
+
+    /// Winograd matrix ξ of a `winograd` packing.
+    func matrix(_ xi: Int) -> PackedView {
+        PackedView(storage: storage + xi * k * paddedWidth * 4, dtype: .f32, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth)
     }
 
     func direct(k0: Int, kc depth: Int, l0: Int, panel: Int) -> UnsafePointer<Float>? {

@@ -75,6 +75,9 @@ private let convCases: [ConvCase] = [
     // spanning images; one tile row per image; F16.
     ConvCase(n: 2, cin: 400, cout: 13, h: 64, w: 32, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
     ConvCase(n: 3, cin: 17, cout: 20, h: 2, w: 64, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: true),
+    // 8 tiles per row (half panels); a panel's two tile rows in different images.
+    ConvCase(n: 2, cin: 9, cout: 7, h: 6, w: 16, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: false),
+    ConvCase(n: 1, cin: 30, cout: 11, h: 16, w: 48, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: true),
 ]
 
 @Test(arguments: convCases)
@@ -134,6 +137,23 @@ func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
             #expect(conv(x, threads: 2).copyToArray().map(\.bitPattern) == one.map(\.bitPattern), "\(t): automatic choice differs")
         }
     }
+}
+
+/// The shapes the Winograd cases above rely on take that path, and the others do not.
+@Test func winogradApplicability() {
+    let same = (1, 1, 1, 1)
+    #expect(WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 32, w: 32))
+    #expect(WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 2, h: 64, w: 32))
+    #expect(WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 3, h: 2, w: 64))
+    #expect(WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 2, h: 6, w: 16))
+    #expect(WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 16, w: 48))
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 6, w: 16))  // 24 tiles: no whole panels
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 7, w: 32))  // odd height
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 8, w: 8))
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 1, pads: same, n: 1, h: 7, w: 20))
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 2, pads: same, n: 1, h: 32, w: 32))
+    #expect(!WinogradConv.applicable(kernel: 3, stride: 1, pads: (0, 0, 1, 1), n: 1, h: 32, w: 32))
+    #expect(!WinogradConv.applicable(kernel: 1, stride: 1, pads: (0, 0, 0, 0), n: 1, h: 32, w: 32))
 }
 
 @Test(arguments: [(1, 3, 5, false), (7, 20, 33, true), (50, 400, 19, false), (13, 700, 40, true)])

@@ -27,19 +27,19 @@ public struct Conv2d {
     enum Algorithm { case automatic, im2col, winograd }
 
     /// Whether a call on x takes the Winograd path: a shape it handles, with enough tiles that
-    /// the per-call transforms pay (measured: see bench/README.md).
+    /// the per-call transforms pay — more when U is made per call (F16 / BF16 weights) than when
+    /// it is kept (F32).
     func usesWinograd(_ x: Tensor, _ algorithm: Algorithm = .automatic) -> Bool {
         guard winograd != nil,
-              WinogradConv.applicable(kernel: kernel, stride: stride, pads: (padTop, padLeft, padBottom, padRight), h: x.h, w: x.w)
+              WinogradConv.applicable(kernel: kernel, stride: stride, pads: (padTop, padLeft, padBottom, padRight),
+                                      n: x.n, h: x.h, w: x.w)
         else { return false }
         switch algorithm {
         case .im2col: return false
         case .winograd: return true
-        case .automatic: return x.n * x.h * x.w / 4 >= Conv2d.winogradMinTiles
+        case .automatic: return x.n * x.h * x.w / 4 >= (weight.dtype == .f32 ? 64 : 256)
         }
     }
-
-    static let winogradMinTiles = 256
 
     public func outputSize(h: Int, w: Int) -> (h: Int, w: Int) {
         ((h + padTop + padBottom - kernel) / stride + 1, (w + padLeft + padRight - kernel) / stride + 1)

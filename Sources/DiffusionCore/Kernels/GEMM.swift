@@ -131,10 +131,14 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
     // Slabs only for operands that are not already packed float32 (taken from the pool once
     // per tile, not per k block).
     var aSlab: FloatBuffer?, bSlab: FloatBuffer?
-    initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels)
+    // C = A · B: the first k block writes C instead of adding to it (no zero fill).
+    let zeroStart: Bool
+    if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
+    if !zeroStart { initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
     var k0 = 0
     while k0 < k {
         let depth = min(kc, k - k0)
+        let overwrite = zeroStart && k0 == 0
         let aPanels: UnsafePointer<Float>, bPanels: UnsafePointer<Float>
         let aRows = a.rows(k0: k0, l0: row0)
         if aRows != nil {
@@ -162,14 +166,15 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
                     guard valid > 0 else { continue }
                     let bp = bPanels + jp * nr * depth, cp = c + (row0 + r) * out.ldc
                     if height == mr && valid == nr {
-                        MicroKernel.fullRows(kc: depth, a: ar, lda: lda, b: bp, c: cp, ldc: out.ldc)
+                        MicroKernel.fullRows(kc: depth, a: ar, lda: lda, b: bp, c: cp, ldc: out.ldc, overwrite: overwrite)
                     } else {
                         withUnsafeTemporaryAllocation(of: Float.self, capacity: mr * depth) { t in
                             let panel = t.baseAddress!
                             for i in 0..<mr {
                                 for kk in 0..<depth { panel[kk * mr + i] = i < height ? ar[i * lda + kk] : 0 }
                             }
-                            MicroKernel.edge(kc: depth, a: panel, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid)
+                            MicroKernel.edge(kc: depth, a: panel, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid,
+                                             overwrite: overwrite)
                         }
                     }
                 }
@@ -186,9 +191,9 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
                 let cp = c + (row0 + r) * out.ldc
                 let ap = aPanels + ip * mr * depth
                 if height == mr && valid == nr {
-                    MicroKernel.full(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc)
+                    MicroKernel.full(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc, overwrite: overwrite)
                 } else {
-                    MicroKernel.edge(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid)
+                    MicroKernel.edge(kc: depth, a: ap, b: bp, c: cp, ldc: out.ldc, rows: height, cols: valid, overwrite: overwrite)
                 }
             }
         }

@@ -11,10 +11,10 @@ enum MicroKernel {
 
     typealias V = SIMD8<Float>
 
-    /// C[0..<6, 0..<16] (row stride ldc) += A panel · B panel.
+    /// C[0..<6, 0..<16] (row stride ldc) += A panel · B panel (= with `overwrite`: C need not be set).
     @inline(never)
     static func full(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int) {
+                     c: UnsafeMutablePointer<Float>, ldc: Int, overwrite: Bool = false) {
         var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
         var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
         var ap = a
@@ -33,6 +33,10 @@ enum MicroKernel {
         let cr = UnsafeMutableRawPointer(c)
         @inline(__always) func add(_ row: Int, _ v0: V, _ v1: V) {
             let p = cr + row * ldc * 4
+            if overwrite {
+                p.storeBytes(of: v0, as: V.self); p.storeBytes(of: v1, toByteOffset: 32, as: V.self)
+                return
+            }
             p.storeBytes(of: p.loadUnaligned(as: V.self) + v0, as: V.self)
             p.storeBytes(of: p.loadUnaligned(fromByteOffset: 32, as: V.self) + v1, toByteOffset: 32, as: V.self)
         }
@@ -45,7 +49,7 @@ enum MicroKernel {
     /// order as `full`, so the same bits.
     @inline(never)
     static func fullRows(kc: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>,
-                         c: UnsafeMutablePointer<Float>, ldc: Int) {
+                         c: UnsafeMutablePointer<Float>, ldc: Int, overwrite: Bool = false) {
         var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
         var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
         let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
@@ -63,6 +67,10 @@ enum MicroKernel {
         let cr = UnsafeMutableRawPointer(c)
         @inline(__always) func add(_ row: Int, _ v0: V, _ v1: V) {
             let p = cr + row * ldc * 4
+            if overwrite {
+                p.storeBytes(of: v0, as: V.self); p.storeBytes(of: v1, toByteOffset: 32, as: V.self)
+                return
+            }
             p.storeBytes(of: p.loadUnaligned(as: V.self) + v0, as: V.self)
             p.storeBytes(of: p.loadUnaligned(fromByteOffset: 32, as: V.self) + v1, toByteOffset: 32, as: V.self)
         }
@@ -73,13 +81,13 @@ enum MicroKernel {
     /// The same for a tile at the edge of C: only rows × cols of it exist.
     @inline(never)
     static func edge(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                     c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, cols: Int) {
+                     c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, cols: Int, overwrite: Bool = false) {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 6 * 16) { buffer in
             let t = buffer.baseAddress!
             t.initialize(repeating: 0, count: 6 * 16)
             full(kc: kc, a: a, b: b, c: t, ldc: 16)
             for r in 0..<rows {
-                for j in 0..<cols { c[r * ldc + j] += t[r * 16 + j] }
+                for j in 0..<cols { c[r * ldc + j] = overwrite ? t[r * 16 + j] : c[r * ldc + j] + t[r * 16 + j] }
             }
         }
     }

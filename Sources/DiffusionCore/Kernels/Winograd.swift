@@ -17,21 +17,34 @@
 ///
 ///     Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]   Aᵀ = [1 1 1 0; 0 1 −1 −1]
 enum WinogradConv {
-    typealias V16 = SIMD16<Float>
+    typealias V8 = SIMD8<Float>
 
     /// Shapes this path takes: 3 × 3, stride 1, padding 1 on every side, even height, width a
-    /// multiple of 32 (tile rows of whole 16-tile panels).
-    static func applicable(kernel: Int, stride: Int, pads: (Int, Int, Int, Int), h: Int, w: Int) -> Bool {
-        kernel == 3 && stride == 1 && pads == (1, 1, 1, 1) && h >= 2 && h % 2 == 0 && w >= 32 && w % 32 == 0
+    /// multiple of 16 (tile rows of whole 8-tile halves of gemm's 16-tile panels), tiles filling
+    /// whole panels.
+    static func applicable(kernel: Int, stride: Int, pads: (Int, Int, Int, Int), n: Int, h: Int, w: Int) -> Bool {
+        kernel == 3 && stride == 1 && pads == (1, 1, 1, 1) && h >= 2 && h % 2 == 0 && w >= 16 && w % 16 == 0
+            && (n * h / 2 * w / 2) % 16 == 0
     }
+
+    /// Scratch one call holds at most, in bytes: U made per call (F16 / BF16 weights), and one
+    /// chunk's V and M (at least two tile rows of an image `width` wide).
+    static func scratchBytes(cin: Int, cout: Int, width: Int) -> Int {
+        16 * cin * cout * 4 + max(chunkBytes, 64 * (cin + cout) * width)
+    }
+
+    /// The V and M of a chunk of tiles: about 4 MB, near the caches.
+    static let chunkBytes = 4 << 20
 
     /// y [n, cout, h, w] = conv(x [n, cin, h, w]) + bias, with `u` the layer's 16 packed U matrices.
     static func run(x: Tensor, y: Tensor, u: PackedView, bias: UnsafePointer<Float>?, cin: Int, cout: Int, threads: Int) {
         let h = x.h, w = x.w, th = h / 2, tw = w / 2
         let tileRows = x.n * th
-        // A chunk's V and M take 64 bytes per (channel, tile): about 4 MB per chunk.
-        let wantTiles = max(64, (4 << 20) / (64 * (cin + cout)))
-        let chunkRows = min(tileRows, max(1, wantTiles / tw))
+        // A chunk's V and M take 64 bytes per (channel, tile).
+        let wantTiles = max(64, chunkBytes / (64 * (cin + cout)))
+        // Whole 16-tile panels per chunk: an even number of rows when a row has 8 tiles.
+        let rowStep = tw % 16 == 0 ? 1 : 2
+        let chunkRows = min(tileRows, max(rowStep, wantTiles / tw / rowStep * rowStep))
         let maxTiles = chunkRows * tw
         let v = FloatBuffer(count: 16 * cin * maxTiles), m = FloatBuffer(count: 16 * cout * maxTiles)
         var r0 = 0
@@ -81,7 +94,7 @@ enum WinogradConv {
                                        into v: UnsafeMutablePointer<Float>) {
         let h = plane.h, w = plane.w, tw = plane.tw, R = plane.r0 + row
         let image = R / plane.th, y0 = 2 * (R % plane.th) - 1
-        let stride = tw + 16  // room for 16-lane loads at tx + 1 ≤ tw
+        let stride = tw + 8  // room for 8-lane loads at tx + 1 ≤ tw
         let kc = gemmDepth(cin), tiles = plane.tiles, matrix = cin * tiles
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 8 * stride) { buffer in
             let t = buffer.baseAddress!
@@ -97,7 +110,13 @@ enum WinogradConv {
                     }
                     let src = x + ((image * cin + ci) * h + y) * w
                     e[0] = 0
-                    for j in 0..<tw { o[j] = src[2 * j]; e[j + 1] = src[2 * j + 1] }
+                    var j = 0
+                    while j < tw {  // 16 inputs -> 8 even (o), 8 odd (e): two shuffles
+                        let a = load(src + 2 * j), b = load(src + 2 * j + 8)
+                        store(V8(a[0], a[2], a[4], a[6], b[0], b[2], b[4], b[6]), o + j)
+                        store(V8(a[1], a[3], a[5], a[7], b[1], b[3], b[5], b[7]), e + j + 1)
+                        j += 8
+                    }
                     o[tw] = 0
                 }
                 // Row transform Bᵀ d, on e and o alike: (d0 − d2, d1 + d2, d2 − d1, d1 − d3).
@@ -109,15 +128,15 @@ enum WinogradConv {
                         store(d0 - d2, p); store(d1 + d2, p + 2 * stride)
                         store(d2 - d1, p + 4 * stride); store(d1 - d3, p + 6 * stride)
                     }
-                    j += 16
+                    j += 8
                 }
                 // Column transform and the stores into V_ξ's panels.
                 let k0 = ci / kc * kc, depth = min(kc, cin - k0)
                 let at = v + k0 * tiles + (ci - k0) * 16
                 var tx0 = 0
                 while tx0 < tw {
-                    let l = row * tw + tx0
-                    let dst = at + l * depth  // l is a multiple of 16: panel l / 16
+                    let l = row * tw + tx0  // a multiple of 8: half of panel l / 16
+                    let dst = at + (l / 16) * 16 * depth + l % 16
                     for i in 0..<4 {
                         let e = t + (2 * i) * stride + tx0, o = e + stride
                         let e0 = load(e), e1 = load(e + 1), o0 = load(o), o1 = load(o + 1)
@@ -126,7 +145,7 @@ enum WinogradConv {
                         store(e1 - o0, dst + (4 * i + 2) * matrix)
                         store(o0 - o1, dst + (4 * i + 3) * matrix)
                     }
-                    tx0 += 16
+                    tx0 += 8
                 }
             }
         }
@@ -140,13 +159,13 @@ enum WinogradConv {
         let image = R / plane.th, oy = 2 * (R % plane.th)
         let tiles = plane.tiles, matrix = cout * tiles
         let top = y + ((image * cout + co) * h + oy) * w, bottom = top + w
-        let b = V16(repeating: bias)
+        let b = V8(repeating: bias)
         var tx0 = 0
         while tx0 < tw {
             let src = m + co * tiles + row * tw + tx0
-            @inline(__always) func q(_ xi: Int) -> V16 { load(src + xi * matrix) }
+            @inline(__always) func q(_ xi: Int) -> V8 { load(src + xi * matrix) }
             // Aᵀ M: s = m0 + m1 + m2, d = m1 − m2 − m3 (rows), then the same on columns.
-            var s = (V16(), V16(), V16(), V16()), d = (V16(), V16(), V16(), V16())
+            var s = (V8(), V8(), V8(), V8()), d = (V8(), V8(), V8(), V8())
             s.0 = q(0) + q(4) + q(8); d.0 = q(4) - q(8) - q(12)
             s.1 = q(1) + q(5) + q(9); d.1 = q(5) - q(9) - q(13)
             s.2 = q(2) + q(6) + q(10); d.2 = q(6) - q(10) - q(14)
@@ -155,24 +174,23 @@ enum WinogradConv {
             let y10 = d.0 + d.1 + d.2 + b, y11 = d.1 - d.2 - d.3 + b
             interleave(y00, y01, into: top + 2 * tx0)
             interleave(y10, y11, into: bottom + 2 * tx0)
-            tx0 += 16
+            tx0 += 8
         }
     }
 
     @inline(__always)
-    private static func load(_ p: UnsafePointer<Float>) -> V16 { UnsafeRawPointer(p).loadUnaligned(as: V16.self) }
+    private static func load(_ p: UnsafePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
 
     @inline(__always)
-    private static func load(_ p: UnsafeMutablePointer<Float>) -> V16 { UnsafeRawPointer(p).loadUnaligned(as: V16.self) }
+    private static func load(_ p: UnsafeMutablePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
 
     @inline(__always)
-    private static func store(_ v: V16, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self) }
+    private static func store(_ v: V8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V8.self) }
 
-    /// dst[2l] = a[l], dst[2l + 1] = b[l] for l in 0..<16.
+    /// dst[2l] = a[l], dst[2l + 1] = b[l] for l in 0..<8.
     @inline(__always)
-    private static func interleave(_ a: V16, _ b: V16, into dst: UnsafeMutablePointer<Float>) {
-        let lo = SIMD16<Float>(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3], a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7])
-        let hi = SIMD16<Float>(a[8], b[8], a[9], b[9], a[10], b[10], a[11], b[11], a[12], b[12], a[13], b[13], a[14], b[14], a[15], b[15])
-        store(lo, dst); store(hi, dst + 16)
+    private static func interleave(_ a: V8, _ b: V8, into dst: UnsafeMutablePointer<Float>) {
+        store(V8(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]), dst)
+        store(V8(a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7]), dst + 8)
     }
 }

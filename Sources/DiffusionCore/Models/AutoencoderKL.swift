@@ -233,8 +233,9 @@ enum VAEMemory {
     /// this gives about 0.40 / 1.41 / 2.65.
     static func bytes(activations: Double, channels: Double, tokens: Double, threads: Int) -> Double {
         let im2col = Double(gemmScratchBytes(threads: threads)) + Double(16 << 20)
-        let widenedWeight = channels * channels * 9
+        let c = Int(channels)
+        let winograd = Double(WinogradConv.scratchBytes(cin: c, cout: c, width: 0))  // its U made per call
         let packedKV = 2 * channels * tokens
-        return 4 * (activations + widenedWeight + packedKV) + im2col + min(4 * activations, poolLimit)
+        return 4 * (activations + packedKV) + winograd + im2col + min(4 * activations, poolLimit)
     }
 }

@@ -112,7 +112,10 @@ public final class UNet2DConditionModel {
         }
         let scores = Double(max(threads, 1)) * 64 * max(hw, 77)
         let im2col = Double(gemmScratchBytes(threads: threads)) / 4
-        return 4 * (activations + peak + scores + im2col)
+        // Winograd: the widest conv (an up block's concatenated input) as if it took that path.
+        let c = config.blockOutChannels.max() ?? 0
+        let winograd = Double(WinogradConv.scratchBytes(cin: 2 * c, cout: c, width: w)) / 4
+        return 4 * (activations + peak + scores + im2col + winograd)
     }
 
     /// emb = time_embedding(sinusoids(t)); returns silu(emb), as every resnet applies the activation

@@ -125,7 +125,9 @@ public final class UNet2DModel {
             if hasAttention { attention = max(attention, t * s * s) }
         }
         let im2col = t * 9 * 2 * (ch.max() ?? 0) * min(512, hw)
-        return 4 * (activations + 8 * peak + im2col + attention)
+        let c = Int(ch.max() ?? 0)
+        let winograd = Double(WinogradConv.scratchBytes(cin: 2 * c, cout: c, width: w)) / 4
+        return 4 * (activations + 8 * peak + im2col + attention + winograd)
     }
 
     func timestepEmbedding(_ t: [Float], dim: Int) -> [Float] {

@@ -8,7 +8,8 @@ import Glibc
 ///
 /// Work is split by index, never by thread: each index is computed by exactly one call, so the
 /// result does not depend on the thread count (DESIGN.md §3, determinism). Workers take the next
-/// index from a shared counter, so uneven indices do not leave a thread idle at the end.
+/// index from a shared counter, so uneven indices do not leave a thread idle at the end. The
+/// library's own `WorkerPool` runs it, or Dispatch when the pool is taken.
 @inline(__always)
 func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
     let workers = min(max(threads, 1), count)
@@ -18,6 +19,7 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
     }
     // Indices go out in chunks (about 16 per worker) so tiny bodies do not fight over the counter.
     let chunk = max(1, count / (workers * 16))
+    if WorkerPool.shared.run(count, helpers: workers - 1, chunk: chunk, body) { return }
     let next = Atomic<Int>(0)
     DispatchQueue.concurrentPerform(iterations: workers) { _ in
         while true {

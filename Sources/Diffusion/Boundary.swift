@@ -13,6 +13,10 @@ extension diffusion_status {
 
 /// Runs `body`, turning a thrown error into a status and the thread's last-error message.
 func boundary(_ body: () throws -> Void) -> diffusion_status {
+    if let mismatch = cdiffusion_cpu_mismatch() {
+        cdiffusion_set_last_error(mismatch)
+        return DIFFUSION_ERROR_UNSUPPORTED
+    }
     do {
         try body()
         return DIFFUSION_OK

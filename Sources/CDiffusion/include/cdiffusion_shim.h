@@ -8,4 +8,15 @@
 void cdiffusion_set_last_error(const char *message);
 const char *cdiffusion_last_error(void);
 
+// NULL when this CPU has every instruction-set feature the library was compiled for (MARCH),
+// else a message naming the first one missing (static storage).
+const char *cdiffusion_cpu_mismatch(void);
+
+// A spin-wait hint (x86 `pause`), for the worker pool's short waits.
+static inline void cdiffusion_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 #endif

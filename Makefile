@@ -7,7 +7,8 @@
 #                  about an hour: see bench/README.md). BENCH_ARGS="--tiny" for a one-minute smoke run.
 #   make bench-cifar  the cifar UNet only, vs PyTorch and ONNX Runtime (a few minutes)
 #   make bench-sd  Stable Diffusion 1.5-shaped generation vs diffusers (load, s/step, decode, RSS)
-# For a CPU older than the build machine: make MARCH=x86-64-v2 (default: native).
+# For a CPU older than the build machine: make MARCH=x86-64-v3 (any AVX2 + FMA CPU, same speed
+# here), x86-64-v2 or x86-64 (default: native).
 
 PREFIX      ?= /usr/local
 MARCH       ?= native
@@ -18,13 +19,15 @@ DEMO_MODEL  ?= models/digits
 TEST_MODEL  := Tests/Fixtures/unet/cifar_small
 BUILD_DIR   := .build/release
 LIB         := $(BUILD_DIR)/libdiffusion.so
-CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(MARCH)
+# Swift's -target-cpu takes CPU names, not the x86-64-vN levels: the nearest CPU of each level.
+SWIFT_CPU   := $(or $(if $(filter x86-64-v2,$(MARCH)),nehalem),$(if $(filter x86-64-v3,$(MARCH)),haswell),$(if $(filter x86-64-v4,$(MARCH)),skylake-avx512),$(MARCH))
+CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(SWIFT_CPU)
 SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FLAGS)
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 BENCH_ARGS  ?=
 
-.PHONY: all build deps test test-swift test-c test-install test-python test-cli demo install bench bench-cifar bench-sd clean
+.PHONY: all build deps test test-swift test-c test-install test-python test-cli test-portable demo install bench bench-cifar bench-sd clean
 
 all: build
 
@@ -45,8 +48,20 @@ build: deps
 	@ln -sf libdiffusion.so $(BUILD_DIR)/libdiffusion.so.$(SOVERSION)
 	@ln -sf diffusion-cli $(BUILD_DIR)/diffusion
 
-test: build test-swift test-c test-install test-python test-cli
+test: build test-swift test-c test-install test-python test-cli test-portable
 	@echo "all tests passed"
+
+# The library built for any AVX2 + FMA CPU (MARCH=x86-64-v3, the build to ship to several
+# machines) passes the C API tests too.
+PORTABLE_DIR := .build-portable/release
+test-portable: deps
+	swift build -c release --static-swift-stdlib -Xswiftc -static-stdlib -Xcc -march=x86-64-v3 \
+	  -Xswiftc -target-cpu -Xswiftc haswell --scratch-path .build-portable --product diffusion
+	@ln -sf libdiffusion.so $(PORTABLE_DIR)/libdiffusion.so.$(SOVERSION)
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(PORTABLE_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(PORTABLE_DIR)) -o $(PORTABLE_DIR)/test_api
+	$(PORTABLE_DIR)/test_api Tests/Fixtures
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_sd_api.c -L$(PORTABLE_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(PORTABLE_DIR)) -o $(PORTABLE_DIR)/test_sd_api
+	$(PORTABLE_DIR)/test_sd_api Tests/Fixtures
 
 # The core's tests link the Swift runtime dynamically, so they build in their own folder;
 # -enable-testing lets the kernel tests reach internal functions (attention, gemm).
@@ -129,4 +144,4 @@ bench-sd: build
 	DIFFUSION_LIBRARY=$(abspath $(LIB)) PYTHONPATH=bindings/python $$v/bin/python bench/bench_sd.py --model $(SD_BENCH_MODEL)
 
 clean:
-	rm -rf .build $(OUT)
+	rm -rf .build .build-test .build-portable $(OUT)

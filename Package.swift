@@ -29,6 +29,8 @@ let package = Package(
             linkerSettings: [.unsafeFlags([
                 "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/Diffusion/exports.map",
                 "-Xlinker", "-soname=libdiffusion.so.0",
+                // Worker threads stay parked in the library's code: dlclose must not unmap it.
+                "-Xlinker", "-z", "-Xlinker", "nodelete",
             ])]
         ),
         .executableTarget(

@@ -5,7 +5,8 @@
 
   - `ldd LIB` lists no Swift runtime (libswift*, libFoundation*, libdispatch*): the Swift standard
     library must be linked statically so the library can ship as one file;
-  - `readelf -d LIB` has SONAME libdiffusion.so.0;
+  - `readelf -d LIB` has SONAME libdiffusion.so.0 and the NODELETE flag (the library's worker
+    threads, and Dispatch's, stay parked in its code: dlclose must not unmap it under them);
   - the GLOBAL defined dynamic symbols (`nm -D --defined-only`, uppercase types) are exactly the
     functions declared in include/diffusion.h — nothing missing, nothing extra.
 
@@ -78,7 +79,10 @@ def main():
             problems.append(f"depends on {d} (the Swift runtime must be linked statically)")
 
     # 2. SONAME.
-    m = re.search(r"\(SONAME\)\s+Library soname: \[([^\]]+)\]", run(["readelf", "-d", args.library]))
+    dynamic = run(["readelf", "-d", args.library])
+    if not re.search(r"\(FLAGS_1\)\s+Flags:.*\bNODELETE\b", dynamic):
+        problems.append("no NODELETE flag (link with -z nodelete): dlclose would unmap code its threads sit in")
+    m = re.search(r"\(SONAME\)\s+Library soname: \[([^\]]+)\]", dynamic)
     soname = m.group(1) if m else None
     if soname != EXPECTED_SONAME:
         problems.append(f"SONAME is {soname!r}, expected {EXPECTED_SONAME!r}")

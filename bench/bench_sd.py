@@ -28,10 +28,14 @@ def child_lib(a, out):
     t0 = time.perf_counter()
     p = diffusion.load(a.model, threads=a.threads)
     load = time.perf_counter() - t0
+    # The prompts encoded up front, as the torch child does (a sampler given prompt strings encodes
+    # them in its first step, which would count them as step time).
     t0 = time.perf_counter()
-    s = p.sampler(prompt=PROMPT, negative_prompt="", guidance_scale=7.5, steps=a.steps, seed=0, height=a.size,
-                  width=a.size, scheduler="dpmpp_2m")
+    states = p.encode_prompt([PROMPT, ""])
+    emb, neg = states[:1], states[1:]
     encode = time.perf_counter() - t0
+    s = p.sampler(prompt_embeds=emb, negative_prompt_embeds=neg, guidance_scale=7.5, steps=a.steps, seed=0,
+                  height=a.size, width=a.size, scheduler="dpmpp_2m")
     steps = []
     while True:
         t0 = time.perf_counter()

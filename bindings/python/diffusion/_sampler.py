@@ -43,8 +43,8 @@ class Sampler(Closing, SamplerSettings, SamplerRunning):
     scheduler_config: diffusers scheduler keys (dict, or a JSON string) over the model's
     (or, for a denoiser, over the scheduler's diffusers defaults).
 
-    Text pipelines (Stable Diffusion): prompt, negative_prompt (str, None = ""), encoded when the
-    sampler is created and given to every image; clip_skip (None = 0): CLIP layers to skip for the
+    Text pipelines (Stable Diffusion): prompt, negative_prompt (str, None = ""), encoded by the
+    first step and given to every image; clip_skip (None = 0): CLIP layers to skip for the
     prompt (not the negative prompt). :meth:`Model.sampler` adds lists of prompts, embeddings,
     img2img and inpainting on top, and 7.5 as the default guidance for text pipelines.
 

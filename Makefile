@@ -74,6 +74,8 @@ test-c: build
 	$(BUILD_DIR)/test_api Tests/Fixtures
 	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_sd_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_sd_api
 	$(BUILD_DIR)/test_sd_api Tests/Fixtures
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_threads.c -L$(BUILD_DIR) -ldiffusion -lm -lpthread -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_threads
+	$(BUILD_DIR)/test_threads Tests/Fixtures
 	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_steady_state.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_steady_state
 	$(BUILD_DIR)/test_steady_state Tests/Fixtures
 	cc -std=c11 -Wall -Wextra -Werror -march=$(MARCH) -ISources/CDiffusion/include Tests/c/test_cpu_check.c Sources/CDiffusion/shim.c -lpthread -o $(BUILD_DIR)/test_cpu_check

@@ -45,10 +45,15 @@ final class HandleRegistry: Sendable {
     func lookup<T: AnyObject>(_ handle: OpaquePointer?, as _: T.Type, _ what: String) throws -> T {
         guard let handle else { throw invalid("\(what) is NULL") }
         let raw = UnsafeMutableRawPointer(handle)
-        guard live.withLock({ $0[raw] }) == ObjectIdentifier(T.self) else {
-            throw invalid("\(what) is not a live \(what) handle (freed already, or not one)")
+        // The strong reference is taken under the lock: a free on another thread (which removes
+        // the handle under the lock, then drops the registry's reference) cannot free the object
+        // between this check and the caller's use of it.
+        let object = live.withLock { map -> T? in
+            guard map[raw] == ObjectIdentifier(T.self) else { return nil }
+            return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
         }
-        return Unmanaged<T>.fromOpaque(raw).takeUnretainedValue()
+        guard let object else { throw invalid("\(what) is not a live \(what) handle (freed already, or not one)") }
+        return object
     }
 
     /// Removes and releases a handle; false if it was not live.

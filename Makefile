@@ -20,9 +20,14 @@ TEST_MODEL  := Tests/Fixtures/unet/cifar_small
 BUILD_DIR   := .build/release
 LIB         := $(BUILD_DIR)/libdiffusion.so
 # Swift's -target-cpu takes CPU names, not the x86-64-vN levels: the nearest CPU of each level.
-SWIFT_CPU   := $(or $(if $(filter x86-64-v2,$(MARCH)),nehalem),$(if $(filter x86-64-v3,$(MARCH)),haswell),$(if $(filter x86-64-v4,$(MARCH)),skylake-avx512),$(MARCH))
-CPU_FLAGS   := -Xcc -march=$(MARCH) -Xswiftc -target-cpu -Xswiftc $(SWIFT_CPU)
-SWIFT_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-stdlib $(CPU_FLAGS)
+swift_cpu    = $(or $(if $(filter x86-64-v2,$(1)),nehalem),$(if $(filter x86-64-v3,$(1)),haswell),$(if $(filter x86-64-v4,$(1)),skylake-avx512),$(1))
+cpu_flags    = -Xcc -march=$(1) -Xswiftc -target-cpu -Xswiftc $(call swift_cpu,$(1))
+CPU_FLAGS   := $(call cpu_flags,$(MARCH))
+RELEASE     := -c release --static-swift-stdlib -Xswiftc -static-stdlib
+SWIFT_FLAGS := $(RELEASE) $(CPU_FLAGS)
+# $(call c_test,LIBDIR,NAME): build Tests/c/NAME.c against LIBDIR's libdiffusion and run it.
+c_test       = cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/$(2).c -L$(1) -ldiffusion -lm -Wl,-rpath,$(abspath $(1)) \
+	  -o $(1)/$(2) && $(1)/$(2) Tests/Fixtures
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 BENCH_ARGS  ?=
@@ -55,13 +60,10 @@ test: build test-swift test-c test-install test-python test-cli test-portable
 # machines) passes the C API tests too.
 PORTABLE_DIR := .build-portable/release
 test-portable: deps
-	swift build -c release --static-swift-stdlib -Xswiftc -static-stdlib -Xcc -march=x86-64-v3 \
-	  -Xswiftc -target-cpu -Xswiftc haswell --scratch-path .build-portable --product diffusion
+	swift build $(RELEASE) $(call cpu_flags,x86-64-v3) --scratch-path .build-portable --product diffusion
 	@ln -sf libdiffusion.so $(PORTABLE_DIR)/libdiffusion.so.$(SOVERSION)
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(PORTABLE_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(PORTABLE_DIR)) -o $(PORTABLE_DIR)/test_api
-	$(PORTABLE_DIR)/test_api Tests/Fixtures
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_sd_api.c -L$(PORTABLE_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(PORTABLE_DIR)) -o $(PORTABLE_DIR)/test_sd_api
-	$(PORTABLE_DIR)/test_sd_api Tests/Fixtures
+	$(call c_test,$(PORTABLE_DIR),test_api)
+	$(call c_test,$(PORTABLE_DIR),test_sd_api)
 
 # The core's tests link the Swift runtime dynamically, so they build in their own folder;
 # -enable-testing lets the kernel tests reach internal functions (attention, gemm).
@@ -70,14 +72,9 @@ test-swift: deps
 
 test-c: build
 	$(PYTHON) Tests/c/check_library.py $(LIB)
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_api
-	$(BUILD_DIR)/test_api Tests/Fixtures
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_sd_api.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_sd_api
-	$(BUILD_DIR)/test_sd_api Tests/Fixtures
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_threads.c -L$(BUILD_DIR) -ldiffusion -lm -lpthread -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_threads
-	$(BUILD_DIR)/test_threads Tests/Fixtures
-	cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/test_steady_state.c -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/test_steady_state
-	$(BUILD_DIR)/test_steady_state Tests/Fixtures
+	$(call c_test,$(BUILD_DIR),test_api)
+	$(call c_test,$(BUILD_DIR),test_sd_api)
+	$(call c_test,$(BUILD_DIR),test_steady_state)
 	cc -std=c11 -Wall -Wextra -Werror -march=$(MARCH) -ISources/CDiffusion/include Tests/c/test_cpu_check.c Sources/CDiffusion/shim.c -lpthread -o $(BUILD_DIR)/test_cpu_check
 	$(BUILD_DIR)/test_cpu_check
 	cc -std=c11 -Wall -Wextra -Werror -march=$(MARCH) -mavx512f -mavx512bw -mavx512vl -DWANT_AVX512 -ISources/CDiffusion/include Tests/c/test_cpu_check.c Sources/CDiffusion/shim.c -lpthread -o $(BUILD_DIR)/test_cpu_check_avx512

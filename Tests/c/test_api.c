@@ -1052,6 +1052,38 @@ static void test_cancel_from_thread(void) {
     diffusion_model_free(m);
 }
 
+/* diffusion_sampler_cancel may come from any thread at any time, also while another thread frees
+   the sampler: 300 rounds of a thread cancelling in a loop while this one frees the sampler under
+   it. Before the handle registry took its reference under its lock this was a use-after-free;
+   in a plain build a regression crashes at best, the sanitizer builds report it. */
+typedef struct {
+    diffusion_sampler *_Atomic sampler;
+    atomic_bool stop;
+} cancel_race;
+
+static void *cancel_loop(void *arg) {
+    cancel_race *r = arg;
+    while (!atomic_load(&r->stop)) diffusion_sampler_cancel(atomic_load(&r->sampler));
+    return NULL;
+}
+
+static void test_cancel_races_free(void) {
+    diffusion_model *m = load("cifar_small", 1);
+    for (int round = 0; round < 300; round++) {
+        cancel_race r;
+        atomic_init(&r.sampler, sampler(m, NULL, 2, 1, 1, NULL));
+        atomic_init(&r.stop, false);
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, cancel_loop, &r) == 0);
+        for (volatile int spin = 0; spin < round * 50; spin++) {}
+        diffusion_sampler_free(atomic_load(&r.sampler));  /* the loop goes on cancelling the freed handle */
+        for (volatile int spin = 0; spin < 2000; spin++) {}
+        atomic_store(&r.stop, true);
+        pthread_join(t, NULL);
+    }
+    diffusion_model_free(m);
+}
+
 /* ---- Threads and determinism ------------------------------------------------------------- */
 
 typedef struct {
@@ -1432,6 +1464,7 @@ int main(int argc, char **argv) {
         {"images", test_images},
         {"progress_cancel", test_progress_cancel},
         {"cancel_from_thread", test_cancel_from_thread},
+        {"cancel_races_free", test_cancel_races_free},
         {"threads_and_determinism", test_threads_and_determinism},
         {"scheduler_names", test_scheduler_names},
         {"custom_denoiser", test_custom_denoiser},

@@ -58,13 +58,7 @@ public struct Conv2d {
         let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
         if usesWinograd(x, algorithm), let winograd {
             winograd.withPanels(threads: threads) { u in
-                if let bias {
-                    bias.withUnsafeBufferPointer { b in
-                        WinogradConv.run(x: x, y: y, u: u, bias: b.baseAddress!, cin: cin, cout: cout, threads: threads)
-                    }
-                } else {
-                    WinogradConv.run(x: x, y: y, u: u, bias: nil, cin: cin, cout: cout, threads: threads)
-                }
+                bias.withPointer { b in WinogradConv.run(x: x, y: y, u: u, bias: b, cin: cin, cout: cout, threads: threads) }
             }
             return y
         }
@@ -75,12 +69,8 @@ public struct Conv2d {
                                   padTop: padTop, padLeft: padLeft, oh: oh, ow: ow, segment: segment)
         let out = GEMMOutput(c: y.data, ldc: ohw, segmentColumns: segment, segmentValid: ohw, segmentStride: cout * ohw)
         packed.withPanels(threads: threads) { a in
-            if let bias {
-                bias.withUnsafeBufferPointer { b in
-                    gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: .rows(b.baseAddress!), threads: threads)
-                }
-            } else {
-                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, threads: threads)
+            bias.withPointer { b in
+                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: b.map { .rows($0) } ?? .none, threads: threads)
             }
         }
         return y

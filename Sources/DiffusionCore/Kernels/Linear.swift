@@ -28,13 +28,9 @@ public struct Linear {
         let a = RowsSource(base: x, ld: ldx)
         let out = GEMMOutput(c: y, ldc: ldy, n: outFeatures)
         packed.withPanels(threads: threads) { b in
-            if let bias {
-                bias.withUnsafeBufferPointer { bp in
-                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: .columns(bp.baseAddress!),
-                         wideColumns: true, threads: threads)
-                }
-            } else {
-                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, wideColumns: true, threads: threads)
+            bias.withPointer { bp in
+                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
+                     wideColumns: true, threads: threads)
             }
         }
     }

@@ -15,33 +15,7 @@ enum MicroKernel {
     @inline(never)
     static func full(kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
                      c: UnsafeMutablePointer<Float>, ldc: Int, overwrite: Bool = false) {
-        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
-        var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-        var ap = a
-        var bp = UnsafeRawPointer(b)
-        for _ in 0..<kc {
-            let b0 = bp.load(as: V.self), b1 = bp.load(fromByteOffset: 32, as: V.self)
-            var x = V(repeating: ap[0]); c00.addProduct(x, b0); c01.addProduct(x, b1)
-            x = V(repeating: ap[1]); c10.addProduct(x, b0); c11.addProduct(x, b1)
-            x = V(repeating: ap[2]); c20.addProduct(x, b0); c21.addProduct(x, b1)
-            x = V(repeating: ap[3]); c30.addProduct(x, b0); c31.addProduct(x, b1)
-            x = V(repeating: ap[4]); c40.addProduct(x, b0); c41.addProduct(x, b1)
-            x = V(repeating: ap[5]); c50.addProduct(x, b0); c51.addProduct(x, b1)
-            ap += 6
-            bp += 64
-        }
-        let cr = UnsafeMutableRawPointer(c)
-        @inline(__always) func add(_ row: Int, _ v0: V, _ v1: V) {
-            let p = cr + row * ldc * 4
-            if overwrite {
-                p.storeBytes(of: v0, as: V.self); p.storeBytes(of: v1, toByteOffset: 32, as: V.self)
-                return
-            }
-            p.storeBytes(of: p.loadUnaligned(as: V.self) + v0, as: V.self)
-            p.storeBytes(of: p.loadUnaligned(fromByteOffset: 32, as: V.self) + v1, toByteOffset: 32, as: V.self)
-        }
-        add(0, c00, c01); add(1, c10, c11); add(2, c20, c21)
-        add(3, c30, c31); add(4, c40, c41); add(5, c50, c51)
+        product(kc: kc, a: a, rowStride: 1, kStride: rows, b: b, c: c, ldc: ldc, overwrite: overwrite)
     }
 
     /// `full` with A read in place from 6 row-major float32 rows (row r, element kk at
@@ -50,18 +24,27 @@ enum MicroKernel {
     @inline(never)
     static func fullRows(kc: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>,
                          c: UnsafeMutablePointer<Float>, ldc: Int, overwrite: Bool = false) {
+        product(kc: kc, a: a, rowStride: lda, kStride: 1, b: b, c: c, ldc: ldc, overwrite: overwrite)
+    }
+
+    /// The kernel body, A's element (row, kk) at a[row · rowStride + kk · kStride] (inlined into
+    /// each entry point with its strides).
+    @inline(__always)
+    private static func product(kc: Int, a: UnsafePointer<Float>, rowStride: Int, kStride: Int, b: UnsafePointer<Float>,
+                                c: UnsafeMutablePointer<Float>, ldc: Int, overwrite: Bool) {
         var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V()
         var c30 = V(), c31 = V(), c40 = V(), c41 = V(), c50 = V(), c51 = V()
-        let a0 = a, a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda, a4 = a + 4 * lda, a5 = a + 5 * lda
+        var ap = a
         var bp = UnsafeRawPointer(b)
-        for kk in 0..<kc {
+        for _ in 0..<kc {
             let b0 = bp.load(as: V.self), b1 = bp.load(fromByteOffset: 32, as: V.self)
-            var x = V(repeating: a0[kk]); c00.addProduct(x, b0); c01.addProduct(x, b1)
-            x = V(repeating: a1[kk]); c10.addProduct(x, b0); c11.addProduct(x, b1)
-            x = V(repeating: a2[kk]); c20.addProduct(x, b0); c21.addProduct(x, b1)
-            x = V(repeating: a3[kk]); c30.addProduct(x, b0); c31.addProduct(x, b1)
-            x = V(repeating: a4[kk]); c40.addProduct(x, b0); c41.addProduct(x, b1)
-            x = V(repeating: a5[kk]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            var x = V(repeating: ap[0]); c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = V(repeating: ap[rowStride]); c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = V(repeating: ap[2 * rowStride]); c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = V(repeating: ap[3 * rowStride]); c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = V(repeating: ap[4 * rowStride]); c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = V(repeating: ap[5 * rowStride]); c50.addProduct(x, b0); c51.addProduct(x, b1)
+            ap += kStride
             bp += 64
         }
         let cr = UnsafeMutableRawPointer(c)

@@ -135,3 +135,12 @@ extension Tensor {
         return y
     }
 }
+
+extension Optional where Wrapped == [Float] {
+    /// The array's storage (nil when there is no array) for the duration of `body`: a layer's
+    /// optional bias handed to a kernel.
+    func withPointer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+        guard let array = self else { return body(nil) }
+        return array.withUnsafeBufferPointer { body($0.baseAddress) }
+    }
+}

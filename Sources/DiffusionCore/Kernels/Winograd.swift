@@ -182,9 +182,6 @@ enum WinogradConv {
     private static func load(_ p: UnsafePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
 
     @inline(__always)
-    private static func load(_ p: UnsafeMutablePointer<Float>) -> V8 { UnsafeRawPointer(p).loadUnaligned(as: V8.self) }
-
-    @inline(__always)
     private static func store(_ v: V8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V8.self) }
 
     /// dst[2l] = a[l], dst[2l + 1] = b[l] for l in 0..<8.

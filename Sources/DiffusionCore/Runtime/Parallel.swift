@@ -19,14 +19,10 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
     }
     // Indices go out in chunks (about 16 per worker) so tiny bodies do not fight over the counter.
     let chunk = max(1, count / (workers * 16))
-    if WorkerPool.shared.run(count, helpers: workers - 1, chunk: chunk, body) { return }
-    let next = Atomic<Int>(0)
-    DispatchQueue.concurrentPerform(iterations: workers) { _ in
-        while true {
-            let start = next.wrappingAdd(chunk, ordering: .relaxed).oldValue
-            if start >= count { break }
-            for i in start..<min(count, start + chunk) { body(i) }
-        }
+    withoutActuallyEscaping(body) { body in
+        let region = WorkerPool.Region(body: body, count: count, chunk: chunk)
+        if WorkerPool.shared.run(region, helpers: workers - 1) { return }
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in region.run() }
     }
 }
 

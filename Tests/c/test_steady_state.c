@@ -1,5 +1,7 @@
 // Steady-state sampling allocates no tensor-sized memory: after two warm-up steps, further steps
-// of a sampler take every activation, scratch slab and Winograd buffer from the library's pool.
+// of a sampler take every activation, scratch slab and Winograd buffer of the network from the
+// sampler's arena (planned from the first evaluations), and the few tensors that outlive a step
+// (the network's output, the next sample, the scheduler's noise) from the library's pool.
 // This program interposes malloc, aligned_alloc and posix_memalign (the library and its static
 // Swift runtime resolve them here first) and counts the calls of 64 KiB or more made while the
 // steps run. The batch makes every activation of the fixture model larger than that, so an

@@ -10,13 +10,23 @@ public final class FloatBuffer {
     public let count: Int
     private let bytes: Int
     private let pooled: Bool
+    /// Set when taken inside a sampler's network evaluation: the `Arena` placed it or saw it.
+    private let ticket: Arena.Ticket?
 
     /// `pooled: false` for long-lived storage (weights), which goes straight back to the system.
     public init(count: Int, pooled: Bool = true) {
         self.count = count
         self.pooled = pooled
-        bytes = (max(count, 1) * MemoryLayout<Float>.stride + 63) & ~63
-        pointer = BufferPool.shared.take(bytes: bytes, reuse: pooled).bindMemory(to: Float.self, capacity: max(count, 1))
+        let bytes = (max(count, 1) * MemoryLayout<Float>.stride + 63) & ~63
+        self.bytes = bytes
+        let raw: UnsafeMutableRawPointer
+        if pooled, let arena = Arena.current {
+            (raw, ticket) = arena.take(bytes: bytes)
+        } else {
+            raw = BufferPool.shared.take(bytes: bytes, reuse: pooled)
+            ticket = nil
+        }
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
     /// Long-lived storage holding `values`.
@@ -28,7 +38,13 @@ public final class FloatBuffer {
     }
 
     deinit {
-        if pooled { BufferPool.shared.give(UnsafeMutableRawPointer(pointer), bytes: bytes) } else { free(pointer) }
+        if let ticket {
+            ticket.arena.give(ticket, UnsafeMutableRawPointer(pointer), bytes: bytes)
+        } else if pooled {
+            BufferPool.shared.give(UnsafeMutableRawPointer(pointer), bytes: bytes)
+        } else {
+            free(pointer)
+        }
     }
 }
 

@@ -18,6 +18,12 @@ extension Sampler {
         }
     }
 
+    /// The network's output, its temporaries in the sampler's arena.
+    private func predict(_ x: Tensor, timesteps: [Float], conditioning: Conditioning) throws -> Tensor {
+        guard let arena else { return try network.predict(x, timesteps: timesteps, conditioning: conditioning, threads: threads) }
+        return try arena.evaluate { try network.predict(x, timesteps: timesteps, conditioning: conditioning, threads: threads) }
+    }
+
     /// The network's output for the model input x, with classifier-free guidance when the scale is
     /// not 1: out = out_uncond + scale (out_cond − out_uncond), both halves evaluated as one batch
     /// (unconditional first, as diffusers). With learned variances (2C output channels) only the
@@ -25,14 +31,14 @@ extension Sampler {
     func evaluate(_ x: Tensor, timestep t: Float) throws -> Tensor {
         guard guides, let unconditional else {
             do {
-                return try network.predict(x, timesteps: [Float](repeating: t, count: batch), conditioning: conditional, threads: threads)
+                return try predict(x, timesteps: [Float](repeating: t, count: batch), conditioning: conditional)
             } catch let e as DiffusionError where model == nil {
                 throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
             }
         }
         let doubled = Tensor.concatenatedBatch([x, x])
-        let out = try network.predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
-                                      conditioning: .batch(unconditional, conditional), threads: threads)
+        let out = try predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
+                              conditioning: .batch(unconditional, conditional))
         let guided = Tensor(n: batch, c: out.c, h: height, w: width)
         let half = guided.count, s = guidanceScale
         let outPer = half / batch, guidedPer = shape.perSample

@@ -73,6 +73,9 @@ public final class Sampler {
     private var stepping = false
     /// x_t came from a step (which checked it is finite), not from the caller.
     private var latentsChecked = false
+    /// The memory plan of the model's evaluations (none for a caller's network, whose memory is
+    /// its own); its block is freed after the last step, before decoding.
+    public let arena: Arena?
 
     public var batch: Int { shape.batch }
     public var channels: Int { shape.channels }
@@ -124,6 +127,7 @@ public final class Sampler {
                  stored: (String) -> JSONValue?, defaultScheduler: String, conditional: Conditioning, unconditional: Conditioning?,
                  noUnconditionalReason: String, guidesAboveOneOnly: Bool) throws {
         self.model = model
+        arena = model == nil ? nil : Arena()
         self.guidesAboveOneOnly = guidesAboveOneOnly
         seed = p.seed
         self.network = network
@@ -426,6 +430,7 @@ public final class Sampler {
         latents = next
         latentsChecked = true
         iteration += 1
+        if isFinished { arena?.releaseStorage() }
         return remainingSteps
     }
 

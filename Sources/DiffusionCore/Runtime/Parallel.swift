@@ -19,10 +19,13 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
     }
     // Indices go out in chunks (about 16 per worker) so tiny bodies do not fight over the counter.
     let chunk = max(1, count / (workers * 16))
-    withoutActuallyEscaping(body) { body in
-        let region = WorkerPool.Region(body: body, count: count, chunk: chunk)
-        if WorkerPool.shared.run(region, helpers: workers - 1) { return }
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in region.run() }
+    // Which thread runs which index varies, so allocations in the body stay out of the arena.
+    Arena.suspended {
+        withoutActuallyEscaping(body) { body in
+            let region = WorkerPool.Region(body: body, count: count, chunk: chunk)
+            if WorkerPool.shared.run(region, helpers: workers - 1) { return }
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in region.run() }
+        }
     }
 }
 

@@ -17,6 +17,9 @@ func boundary(_ body: () throws -> Void) -> diffusion_status {
         cdiffusion_set_last_error(mismatch)
         return DIFFUSION_ERROR_UNSUPPORTED
     }
+    // Samplers this call enters are left when it returns (a callback's nested calls leave theirs).
+    let entered = SamplerHandle.enteredCount()
+    defer { SamplerHandle.leave(downTo: entered) }
     do {
         try body()
         return DIFFUSION_OK
@@ -82,9 +85,52 @@ final class ModelHandle {
 }
 
 /// A sampler behind a diffusion_sampler handle.
+///
+/// The header allows one thread at a time per sampler (cancel excepted). A call that uses a sampler
+/// enters it: `owner` becomes the calling thread until the call returns, and a call from another
+/// thread meanwhile gets INVALID_STATE instead of racing it. The owner's own nested calls (from a
+/// progress or stage callback) pass; the sampler refuses what is unsafe in them by itself.
 final class SamplerHandle {
     let sampler: Sampler
+    let owner = Atomic<UInt>(0)
     init(_ sampler: Sampler) { self.sampler = sampler }
+
+    /// Makes the calling thread the owner for the current API call, or throws if another thread is.
+    func enter() throws {
+        let me = UInt(pthread_self())
+        if owner.compareExchange(expected: 0, desired: me, ordering: .acquiring).exchanged {
+            Entered.ofThisThread.handles.append(self)
+        } else if owner.load(ordering: .relaxed) != me {
+            throw DiffusionError(.invalidState, "the sampler is in use by another thread (use a sampler from one thread at a time; only diffusion_sampler_cancel may come from any thread)")
+        }
+    }
+
+    /// The samplers the calling thread's API calls in progress have entered.
+    final class Entered {
+        var handles: [SamplerHandle] = []
+        static let key: pthread_key_t = {
+            var k = pthread_key_t()
+            pthread_key_create(&k) { p in if let p { Unmanaged<Entered>.fromOpaque(p).release() } }
+            return k
+        }()
+        static var ofThisThread: Entered {
+            if let p = pthread_getspecific(key) { return Unmanaged<Entered>.fromOpaque(p).takeUnretainedValue() }
+            let e = Entered()
+            pthread_setspecific(key, Unmanaged.passRetained(e).toOpaque())
+            return e
+        }
+    }
+
+    static func enteredCount() -> Int {
+        guard let p = pthread_getspecific(Entered.key) else { return 0 }
+        return Unmanaged<Entered>.fromOpaque(p).takeUnretainedValue().handles.count
+    }
+
+    static func leave(downTo count: Int) {
+        guard let p = pthread_getspecific(Entered.key) else { return }
+        let e = Unmanaged<Entered>.fromOpaque(p).takeUnretainedValue()
+        while e.handles.count > count { e.handles.removeLast().owner.store(0, ordering: .releasing) }
+    }
 }
 
 /// Copies a C string, refusing invalid UTF-8.

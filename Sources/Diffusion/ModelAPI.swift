@@ -3,7 +3,7 @@ import DiffusionCore
 
 @c @implementation
 public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
-    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false), to: params, size: structSize)
+    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false, memory_limit: 0), to: params, size: structSize)
 }
 
 /// Writes the first `size` bytes of `value` (a params struct) and sets its struct_size.
@@ -38,7 +38,8 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
         diffusion_model_params_init(&defaults, MemoryLayout<diffusion_model_params>.size)
         let p = try readParams(params, defaults: defaults, "diffusion_model_params")
         guard p.n_threads >= 0, p.n_threads <= 1024 else { throw invalid("n_threads \(p.n_threads) must be between 0 and 1024") }
-        let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16)
+        let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16,
+                                       memoryLimit: p.memory_limit)
         outModel.pointee = HandleRegistry.shared.register(ModelHandle(model))
     }
 }
@@ -115,8 +116,17 @@ public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<
         try m.checkMemory(batch: n, height: h, width: w)
         let input = Tensor(n: n, c: c.inChannels, h: h, w: w)
         input.data.update(from: x, count: inCount)
+        guard input.data.allFinite(inCount) else { throw invalid("x holds non-finite values") }
         let labels = classLabels.map { p in (0..<n).map { Int(p[$0]) } }
         let y = try m.predict(input, timesteps: Array(UnsafeBufferPointer(start: timesteps, count: n)), classLabels: labels)
-        out.update(from: y.data, count: expected)
+        try copyFinitePrediction(y, count: expected, to: out)
     }
+}
+
+/// The network's output copied to the caller, refused when not finite, as a sampler step refuses it.
+func copyFinitePrediction(_ y: Tensor, count: Int, to out: UnsafeMutablePointer<Float>) throws {
+    guard y.data.allFinite(count) else {
+        throw DiffusionError(.invalidFile, "the network's output is not finite: the weights hold NaN or infinite values, or overflow")
+    }
+    out.update(from: y.data, count: count)
 }

@@ -128,6 +128,7 @@ public func diffusion_model_predict_ex(_ model: OpaquePointer!, _ params: Unsafe
             let count = try elementCount([n, tokens, width], "context")
             let states = Tokens(n: n, length: tokens, width: width)
             states.data.update(from: context, count: count)
+            guard states.data.allFinite(count) else { throw invalid("context holds non-finite values") }
             conditioning.context = states
         }
         // x = [x_t | extra conditioning channels] as diffusers' UNet takes it.
@@ -140,11 +141,11 @@ public func diffusion_model_predict_ex(_ model: OpaquePointer!, _ params: Unsafe
             if let extra { (extra.data + i * extraC * plane).update(from: x + (i * info.inChannels + latentC) * plane, count: extraC * plane) }
         }
         conditioning.extraChannels = extra
-        let y = try m.predict(xt, timesteps: Array(UnsafeBufferPointer(start: timesteps, count: n)), conditioning: conditioning)
-        guard y.data.allFinite(expected) else {
-            throw DiffusionError(.invalidFile, "the network's output is not finite: the weights or the input hold NaN or infinite values")
+        guard xt.data.allFinite(xt.count), extra.map({ $0.data.allFinite($0.count) }) ?? true else {
+            throw invalid("x holds non-finite values")
         }
-        out.update(from: y.data, count: expected)
+        let y = try m.predict(xt, timesteps: Array(UnsafeBufferPointer(start: timesteps, count: n)), conditioning: conditioning)
+        try copyFinitePrediction(y, count: expected, to: out)
     }
 }
 

@@ -139,8 +139,11 @@ public func diffusion_sampler_free(_ sampler: OpaquePointer!) {
     _ = HandleRegistry.shared.release(sampler, as: SamplerHandle.self)
 }
 
+/// The sampler behind a handle, entered for the current API call (see `SamplerHandle`).
 func lookupSampler(_ sampler: OpaquePointer?) throws -> Sampler {
-    try HandleRegistry.shared.lookup(sampler, as: SamplerHandle.self, "sampler").sampler
+    let handle = try HandleRegistry.shared.lookup(sampler, as: SamplerHandle.self, "sampler")
+    try handle.enter()
+    return handle.sampler
 }
 
 @c @implementation
@@ -246,7 +249,7 @@ public func diffusion_sampler_progress(_ sampler: OpaquePointer!, _ done: Unsafe
 
 @c @implementation
 public func diffusion_sampler_cancel(_ sampler: OpaquePointer!) {
-    (try? lookupSampler(sampler))?.cancel()
+    (try? HandleRegistry.shared.lookup(sampler, as: SamplerHandle.self, "sampler"))?.sampler.cancel()
 }
 
 /// The decoded images' shape: batch, height, width, channels.

@@ -51,6 +51,31 @@ import DiffusionCore
         }
     }
 
+    /// Values the fuzzer of issue 10 found passing validation and trapping later (a division by
+    /// zero in a head split, an Int32 conversion, skip connections of the wrong shape).
+    @Test func refusesConfigsThatTrappedLater() throws {
+        let cases: [([String: Any], DiffusionError.Code, [String])] = [
+            (["attention_head_dim": 32], .unsupported, ["attention_head_dim 32", "mid_block"]),
+            (["attention_head_dim": 12], .unsupported, ["attention_head_dim 12", "mid_block"]),
+            (["attention_head_dim": 32, "add_attention": false, "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]],
+             .unsupported, ["attention_head_dim 32", "up_blocks.0", "16 channels"]),
+            (["sample_size": 1 << 31], .invalidFile, ["sample_size", "1...16384"]),
+            (["sample_size": [16, 1 << 40]], .invalidFile, ["sample_size"]),
+            (["sample_size": 0], .invalidFile, ["sample_size"]),
+            (["downsample_padding": 2], .unsupported, ["downsample_padding 2"]),
+            (["downsample_padding": 1 << 40], .unsupported, ["downsample_padding"]),
+        ]
+        for (edits, code, phrases) in cases {
+            let path = try folder { for (k, v) in edits { $0[k] = v } }
+            expectError(code, phrases + ["config.json"]) { _ = try DiffusionModel(path: path, threads: 1) }
+        }
+        // The limits themselves load, and padding 0 is diffusers' pad-one-side variant.
+        for edits in [["downsample_padding": 0], ["sample_size": 16384], ["attention_head_dim": 16]] as [[String: Any]] {
+            let path = try folder { for (k, v) in edits { $0[k] = v } }
+            #expect(throws: Never.self) { _ = try DiffusionModel(path: path, threads: 1) }
+        }
+    }
+
     @Test func refusesBrokenFolders() throws {
         expectError(.io, ["does not exist"]) { _ = try DiffusionModel(path: "/nonexistent/model", threads: 1) }
         let bad = try folder(configText: "{\"in_channels\": 3,")

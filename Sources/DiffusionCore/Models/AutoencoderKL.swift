@@ -134,13 +134,13 @@ public final class AutoencoderKL {
         }
     }
 
-    /// Refuses work whose estimated memory exceeds the machine's physical memory (instead of
-    /// failing an allocation mid-pass).
+    /// What this VAE's work may plan for (the pipeline that loads it sets its limit and weights).
+    public var budget = MemoryBudget()
+
+    /// Refuses work whose estimated memory exceeds the budget (instead of failing an allocation
+    /// mid-pass).
     func checkMemory(_ bytes: Double, _ what: String) throws {
-        let have = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
-        if bytes > have {
-            throw DiffusionError(.outOfMemory, "\(what) needs about \(Int(bytes / 1e9)) GB, more than this machine's \(Int(have / 1e9)) GB (use the tiled encode / decode)")
-        }
+        try budget.check(bytes, what, hint: " (the tiled encode / decode needs less)")
     }
 
     // MARK: - Memory

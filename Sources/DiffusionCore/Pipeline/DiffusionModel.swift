@@ -36,13 +36,17 @@ public final class DiffusionModel {
     /// The scheduler named by scheduler_config.json's _class_name; "ddpm" if absent.
     public let defaultScheduler: String
     public let threads: Int
+    /// What the model's work may plan for: the weights, and the memory limit.
+    public let budget: MemoryBudget
     public let info: ModelInfo
     /// The configuration as understood: {"unet": {...}, "scheduler": {...}}.
     public let configJSON: String
 
     /// Loads a model folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json])
     /// or a pipeline folder (model_index.json + unet/ [+ scheduler/ and the other components]).
-    public init(path: String, threads: Int, preferFP16: Bool = false) throws {
+    /// `memoryLimit` in bytes, 0 for the machine's physical memory: loading weights larger than
+    /// it, and work whose weights plus working memory exceed it, fail with OUT_OF_MEMORY.
+    public init(path: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0) throws {
         let folder = try PipelineFolder(path: path, preferFP16: preferFP16)
         if let cls = folder.pipelineClass, !DiffusionModel.pipelineClasses.contains(cls) {
             throw DiffusionError(.unsupported, "\(path)/model_index.json: _class_name \"\(cls)\" is not supported (supported: \(DiffusionModel.pipelineClasses.sorted().joined(separator: ", ")))")
@@ -126,6 +130,11 @@ public final class DiffusionModel {
         schedulerRewrites = rewrites
         if !rewrites.isEmpty { try scheduler.apply(.object(rewrites)) }
         self.threads = threads > 0 ? threads : cpuCount()
+        var budget = MemoryBudget(limit: memoryLimit)
+        budget.reserved = Double(unetWeights.mappedBytes + (latent?.weightBytes ?? 0))
+        try budget.check(0, "loading \(path)")
+        self.budget = budget
+        latent?.vae.budget = budget
         self.info = info
         var schedulerOut = scheduler.json.objectValue ?? []
         let schedulerClass = SchedulerRegistry.entries.first { $0.name == name }.map(\.diffusersClass) ?? name
@@ -165,10 +174,7 @@ public final class DiffusionModel {
         if let u = pixelUNet { need = u.estimatedBytes(batch: batch, height: height, width: width, threads: threads) }
         else if let u = conditionUNet { need = u.estimatedBytes(batch: batch, height: height, width: width, threads: threads) }
         else { need = 0 }
-        let have = Double(sysconf(Int32(_SC_PHYS_PAGES))) * Double(sysconf(Int32(_SC_PAGESIZE)))
-        if need > have {
-            throw DiffusionError(.outOfMemory, "batch \(batch) at \(height)x\(width) needs about \(Int(need / 1e9)) GB, more than this machine's \(Int(have / 1e9)) GB")
-        }
+        try budget.check(need, "a batch of \(batch) at \(height)x\(width)")
     }
 
     /// The conditioning of class labels (one, or one per sample of `batch`), and the unconditional

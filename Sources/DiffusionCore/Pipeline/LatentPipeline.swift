@@ -5,6 +5,8 @@ public final class LatentPipeline {
     public let textEncoder: CLIPTextModel
     public let vae: AutoencoderKL
     private let textWeights: SafeTensorsFile
+    /// Bytes of the text encoder's and the VAE's weight files.
+    public let weightBytes: Int
     /// Pixels per latent along each side: 2^(VAE levels − 1).
     public let vaeScaleFactor: Int
     public let scalingFactor: Float
@@ -29,6 +31,7 @@ public final class LatentPipeline {
         } catch let e as DiffusionError {
             throw e.code == .modelMismatch ? e : e.context(vaeConfigPath)
         }
+        weightBytes = textWeights.mappedBytes + vaeWeights.mappedBytes
         guard vaeConfig.inChannels == vaeConfig.outChannels else {
             throw DiffusionError(.unsupported, "\(vaeConfigPath): in_channels \(vaeConfig.inChannels) differs from out_channels \(vaeConfig.outChannels) (the init image and the output must have the same channels)")
         }

@@ -43,11 +43,7 @@ public struct AutoencoderKLConfig {
             throw DiffusionError(.unsupported, "norm_num_groups null is not supported")
         }
         normNumGroups = groups
-        if let v = json["sample_size"], !v.isNull {
-            if let s = v.intValue { sampleSize = s }
-            else if let a = v.arrayValue, a.count == 2, let h = a[0].intValue, a[1].intValue != nil { sampleSize = h }
-            else { throw DiffusionError(.invalidFile, "sample_size must be an integer or [height, width], got \(v.serialized)") }
-        }
+        if let (h, _) = try r.sampleSize() { sampleSize = h }
         scalingFactor = try r.double("scaling_factor", scalingFactor)
         if let v = json["shift_factor"], !v.isNull {
             guard let d = v.doubleValue, d.isFinite else {
@@ -92,9 +88,6 @@ public struct AutoencoderKLConfig {
         }
         for c in blockOutChannels where c % normNumGroups != 0 {
             throw DiffusionError(.unsupported, "norm_num_groups \(normNumGroups) does not divide block_out_channels entry \(c)")
-        }
-        guard sampleSize >= 1, sampleSize <= 1 << 20 else {
-            throw DiffusionError(.unsupported, "sample_size \(sampleSize) is out of range (1...\(1 << 20))")
         }
         guard scalingFactor.isFinite, scalingFactor != 0, abs(scalingFactor) < 1e6, abs(scalingFactor) > 1e-6 else {
             throw DiffusionError(.unsupported, "scaling_factor \(scalingFactor) is out of range")

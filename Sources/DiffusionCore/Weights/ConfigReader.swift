@@ -71,6 +71,19 @@ struct ConfigReader {
 }
 
 extension ConfigReader {
+    /// `sample_size`: an integer or [height, width], each in 1...16384 (nil when absent or null).
+    func sampleSize() throws -> (height: Int, width: Int)? {
+        guard let v = json["sample_size"], !v.isNull else { return nil }
+        let sides: [Int]?
+        if let s = v.intValue { sides = [s, s] }
+        else if let a = v.arrayValue, a.count == 2, let h = a[0].intValue, let w = a[1].intValue { sides = [h, w] }
+        else { sides = nil }
+        guard let sides, sides.allSatisfy({ (1...16384).contains($0) }) else {
+            throw DiffusionError(.invalidFile, "sample_size must be an integer or [height, width] in 1...16384, got \(v.serialized)")
+        }
+        return (sides[0], sides[1])
+    }
+
     /// An integer or a list of `count` integers (diffusers' per-block settings).
     func intOrList(_ key: String, _ def: Int, count: Int, min lo: Int) throws -> [Int] {
         guard let v = json[key], !v.isNull else { return [Int](repeating: def, count: count) }

@@ -178,6 +178,9 @@ public final class SafeTensorsFile {
         munmap(mapBase, mapLength)
     }
 
+    /// Bytes mapped (the whole file).
+    public var mappedBytes: Int { mapLength }
+
     /// Hands back the whole pages inside `bytes` (part of this mapping), as `releaseResidentPages`
     /// does for all of it.
     func releasePages(_ bytes: UnsafeRawBufferPointer) {

@@ -37,13 +37,7 @@ public struct UNet2DConditionConfig {
     public init(json: JSONValue) throws {
         guard case .object = json else { throw DiffusionError(.invalidFile, "config.json is not a JSON object") }
         let r = ConfigReader(json)
-        if let v = json["sample_size"], !v.isNull {
-            if let s = v.intValue, s >= 1, s <= 16384 { sampleHeight = s; sampleWidth = s }
-            else if let a = v.arrayValue, a.count == 2, let h = a[0].intValue, let w = a[1].intValue,
-                    (1...16384).contains(h), (1...16384).contains(w) {
-                sampleHeight = h; sampleWidth = w
-            } else { throw DiffusionError(.invalidFile, "sample_size must be an integer or [height, width] in 1...16384, got \(v.serialized)") }
-        }
+        if let (h, w) = try r.sampleSize() { sampleHeight = h; sampleWidth = w }
         inChannels = try r.int("in_channels", inChannels, min: 1)
         outChannels = try r.int("out_channels", outChannels, min: 1)
         centerInputSample = try r.bool("center_input_sample", centerInputSample)
@@ -56,6 +50,11 @@ public struct UNet2DConditionConfig {
         let levels = blockOutChannels.count
         layersPerBlock = try r.intOrList("layers_per_block", 2, count: levels, min: 1)
         downsamplePadding = try r.int("downsample_padding", downsamplePadding, min: 0)
+        // Padding p makes a stride-2 3x3 conv give H/2 + p - 1 rows: only 0 (diffusers pads one
+        // row and column instead) and 1 give the H/2 that the skip connections need.
+        guard downsamplePadding <= 1 else {
+            throw DiffusionError(.unsupported, "downsample_padding \(downsamplePadding) is not supported: only 0 and 1 halve the sample, as the skip connections need")
+        }
         midBlockScaleFactor = try r.double("mid_block_scale_factor", midBlockScaleFactor)
         _ = try r.double("dropout", 0)
         let act = try r.string("act_fn", "silu")
@@ -122,8 +121,8 @@ public struct UNet2DConditionConfig {
         }
         guard inChannels <= 4096, outChannels <= 4096, layersPerBlock.allSatisfy({ $0 <= 64 }),
               transformerLayersPerBlock.allSatisfy({ $0 <= 64 }), crossAttentionDim <= 65536,
-              attentionHeads.allSatisfy({ $0 <= 4096 }), downsamplePadding <= 8 else {
-            throw DiffusionError(.unsupported, "in_channels, out_channels, layers, heads, cross_attention_dim or downsample_padding out of range")
+              attentionHeads.allSatisfy({ $0 <= 4096 }) else {
+            throw DiffusionError(.unsupported, "in_channels, out_channels, layers, heads or cross_attention_dim out of range")
         }
         for c in blockOutChannels where c % normNumGroups != 0 {
             throw DiffusionError(.unsupported, "norm_num_groups \(normNumGroups) does not divide block_out_channels entry \(c)")

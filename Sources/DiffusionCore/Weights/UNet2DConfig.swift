@@ -41,12 +41,7 @@ public struct UNet2DConfig {
         if let v = json["_class_name"], let name = v.stringValue, name != "UNet2DModel" {
             throw DiffusionError(.unsupported, "_class_name \"\(name)\" is not supported (expected \"UNet2DModel\")")
         }
-        if let v = json["sample_size"], !v.isNull {
-            if let s = v.intValue { sampleHeight = s; sampleWidth = s }
-            else if let a = v.arrayValue, a.count == 2, let h = a[0].intValue, let w = a[1].intValue {
-                sampleHeight = h; sampleWidth = w
-            } else { throw DiffusionError(.invalidFile, "sample_size must be an integer or [height, width], got \(v.serialized)") }
-        }
+        if let (h, w) = try r.sampleSize() { sampleHeight = h; sampleWidth = w }
         inChannels = try r.int("in_channels", inChannels, min: 1)
         outChannels = try r.int("out_channels", outChannels, min: 1)
         centerInputSample = try r.bool("center_input_sample", centerInputSample)
@@ -62,6 +57,11 @@ public struct UNet2DConfig {
         layersPerBlock = try r.int("layers_per_block", layersPerBlock, min: 1)
         midBlockScaleFactor = try r.double("mid_block_scale_factor", midBlockScaleFactor)
         downsamplePadding = try r.int("downsample_padding", downsamplePadding, min: 0)
+        // Padding p makes a stride-2 3x3 conv give H/2 + p - 1 rows: only 0 (diffusers pads one
+        // row and column instead) and 1 give the H/2 that the skip connections need.
+        guard downsamplePadding <= 1 else {
+            throw DiffusionError(.unsupported, "downsample_padding \(downsamplePadding) is not supported: only 0 and 1 halve the sample, as the skip connections need")
+        }
         let downType = try r.string("downsample_type", "conv")
         guard downType == "conv" else { throw r.unsupported("downsample_type", downType) }
         let upType = try r.string("upsample_type", "conv")
@@ -112,10 +112,14 @@ public struct UNet2DConfig {
         for c in blockOutChannels where groups < 1 || c % groups != 0 {
             throw DiffusionError(.unsupported, "norm_num_groups \(groups) does not divide block_out_channels entry \(c)")
         }
-        for (i, t) in downBlockTypes.enumerated() where t.hasPrefix("Attn") {
-            let c = blockOutChannels[i]
-            if let d = attentionHeadDim, c % d != 0 {
-                throw DiffusionError(.unsupported, "attention_head_dim \(d) does not divide block_out_channels[\(i)] = \(c)")
+        // Every attention block splits its channels into heads: down and up blocks at their
+        // level's width (up blocks run the levels in reverse), the mid block at the last.
+        if let d = attentionHeadDim {
+            var sites = downBlockTypes.indices.filter { downBlockTypes[$0].hasPrefix("Attn") }.map { ($0, "down_blocks.\($0)") }
+            sites += upBlockTypes.indices.filter { upBlockTypes[$0].hasPrefix("Attn") }.map { (levels - 1 - $0, "up_blocks.\($0)") }
+            if midBlockType != nil && addAttention { sites.append((levels - 1, "mid_block")) }
+            for (level, block) in sites where blockOutChannels[level] % d != 0 {
+                throw DiffusionError(.unsupported, "attention_head_dim \(d) does not divide \(block)'s \(blockOutChannels[level]) channels (block_out_channels[\(level)])")
             }
         }
         if let c = numClassEmbeds, c > 1_000_000 {

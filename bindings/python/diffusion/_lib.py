@@ -48,6 +48,7 @@ class ModelParams(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),
         ("n_threads", ctypes.c_int32),
         ("prefer_fp16", ctypes.c_bool),
+        ("memory_limit", ctypes.c_uint64),
     ]
 
 

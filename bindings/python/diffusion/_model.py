@@ -32,9 +32,13 @@ class Model(Closing, LatentFacet):
     ``threads``: threads used by this model's network evaluations (None or 0 = all cores).
     ``prefer_fp16``: read the fp16 variant weight files (``*.fp16.safetensors``) when both exist;
     by default the plain files, falling back to the fp16 variant when only it exists.
+    ``memory_limit``: bytes the model may plan for (None or 0 = the machine's physical memory);
+    loading, sampling, predicting, encoding or decoding whose weights plus estimated working memory
+    exceed it raises a ``DiffusionError`` with status ``ERROR_OUT_OF_MEMORY`` and the numbers.
     """
 
-    def __init__(self, path, threads: int | None = None, *, prefer_fp16: bool = False):
+    def __init__(self, path, threads: int | None = None, *, prefer_fp16: bool = False,
+                 memory_limit: int | None = None):
         self._handle = None  # set first, so __del__ works whatever happens below
         self._lock = threading.Lock()
         self._users = 0  # in-flight predictions + open samplers
@@ -45,6 +49,7 @@ class Model(Closing, LatentFacet):
         params = _new_params(_ModelParams, lib.model_params_init)
         params.n_threads = threads
         params.prefer_fp16 = bool(prefer_fp16)
+        params.memory_limit = 0 if memory_limit is None else _int("memory_limit", memory_limit, 0, 2**64 - 1)
         handle = ctypes.c_void_p()
         _check(lib.model_load(_c_string("path", self.path), ctypes.byref(params), ctypes.byref(handle)))
         if not handle.value:

@@ -314,6 +314,28 @@ def test_non_finite_weights_fail_the_step_not_the_image(tmp_path, plain_dir):
         assert np.array_equal(s.latents, before) and s.steps_done == 0
 
 
+def test_predict_refuses_non_finite_weights_and_inputs(tmp_path, plain_dir):
+    """predict behaves like a step: NaN weights give INVALID_FILE, not NaN output; a non-finite
+    input or context is refused."""
+    model_dir = tmp_path / "m"
+    _copy_model(plain_dir, model_dir)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    with diffusion.load(plain_dir) as m:
+        assert np.isfinite(m.predict(x, 10)).all()
+        bad = x.copy()
+        bad[0, 1, 2, 3] = np.nan
+        with pytest.raises(diffusion.DiffusionError) as ei:
+            m.predict(bad, 10)
+        _assert_error(ei, Status.ERROR_INVALID_ARGUMENT)
+        assert "non-finite" in ei.value.message
+    _poison(model_dir / "diffusion_pytorch_model.safetensors", "conv_out.bias", float("nan"))
+    with diffusion.load(model_dir) as m:
+        with pytest.raises(diffusion.DiffusionError) as ei:
+            m.predict(x, 10)
+        _assert_error(ei, Status.ERROR_INVALID_FILE)
+        assert "not finite" in ei.value.message
+
+
 def test_non_finite_latents_are_refused_at_the_step(plain):
     with plain.sampler(scheduler="ddim", steps=3, seed=1) as s:
         x = s.latents
@@ -323,3 +345,20 @@ def test_non_finite_latents_are_refused_at_the_step(plain):
             s.step()
         _assert_error(ei, Status.ERROR_INVALID_ARGUMENT)
         assert "non-finite" in ei.value.message
+
+
+def test_memory_limit(plain_dir):
+    """memory_limit refuses weights larger than it at load, and work over it with the numbers."""
+    size = (plain_dir / "diffusion_pytorch_model.safetensors").stat().st_size
+    with pytest.raises(diffusion.DiffusionError) as ei:
+        diffusion.load(plain_dir, memory_limit=size // 2)
+    _assert_error(ei, Status.ERROR_OUT_OF_MEMORY)
+    assert "memory_limit" in ei.value.message and "weights" in ei.value.message
+    with pytest.raises(ValueError):
+        diffusion.load(plain_dir, memory_limit=-1)
+    with diffusion.load(plain_dir, memory_limit=size + (8 << 20)) as m:
+        m.predict(np.zeros((1, 3, 16, 16), np.float32), 10)
+        with pytest.raises(diffusion.DiffusionError) as ei:
+            m.sampler(batch=64, height=256, width=256)
+        _assert_error(ei, Status.ERROR_OUT_OF_MEMORY)
+        assert "memory_limit" in ei.value.message and "batch of 64 at 256x256" in ei.value.message

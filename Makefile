@@ -28,11 +28,12 @@ SWIFT_FLAGS := $(RELEASE) $(CPU_FLAGS)
 # $(call c_test,LIBDIR,NAME): build Tests/c/NAME.c against LIBDIR's libdiffusion and run it.
 c_test       = cc -std=c11 -Wall -Wextra -Werror -Iinclude Tests/c/$(2).c -L$(1) -ldiffusion -lm -Wl,-rpath,$(abspath $(1)) \
 	  -o $(1)/$(2) && $(1)/$(2) Tests/Fixtures
+, := ,
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT         := out
 BENCH_ARGS  ?=
 
-.PHONY: all build deps test test-swift test-c test-install test-python test-cli test-portable demo install bench bench-cifar bench-sd clean
+.PHONY: all build deps test test-swift test-c test-install test-python test-cli test-portable test-fuzz-inputs fuzz sanitize sanitize-asan sanitize-asan-c sanitize-tsan demo install bench bench-cifar bench-sd clean
 
 all: build
 
@@ -53,7 +54,7 @@ build: deps
 	@ln -sf libdiffusion.so $(BUILD_DIR)/libdiffusion.so.$(SOVERSION)
 	@ln -sf diffusion-cli $(BUILD_DIR)/diffusion
 
-test: build test-swift test-c test-install test-python test-cli test-portable
+test: build test-swift test-c test-fuzz-inputs test-install test-python test-cli test-portable
 	@echo "all tests passed"
 
 # The library built for any AVX2 + FMA CPU (MARCH=x86-64-v3, the build to ship to several
@@ -64,6 +65,74 @@ test-portable: deps
 	@ln -sf libdiffusion.so $(PORTABLE_DIR)/libdiffusion.so.$(SOVERSION)
 	$(call c_test,$(PORTABLE_DIR),test_api)
 	$(call c_test,$(PORTABLE_DIR),test_sd_api)
+
+# Sanitizers (issue 10). The library is built with Swift's AddressSanitizer (and clang's
+# ASan + UndefinedBehaviorSanitizer for its C shim; Swift has no UBSan, it traps on overflow and
+# bounds itself), or with ThreadSanitizer; the test programs with the same sanitizer, whose
+# runtime they carry. No suppressions. `make sanitize` runs both; CI runs sanitize-asan-c.
+#   sanitize-asan: the C API tests, then the Python suite with the ASan runtime preloaded
+#                  (leak checking off there: CPython does not free everything at exit).
+#   sanitize-tsan: the C API tests: cancel racing free, two threads on one sampler, many
+#                  samplers on one model, cancel during each stage.
+ASAN_DIR    := .build-asan/release
+TSAN_DIR    := .build-tsan/release
+SWIFT_LIB   := $(shell dirname $$(dirname $$(readlink -f $$(which swiftc))))/lib/swift/linux
+# $(call san_build,DIR,SWIFT_SANITIZER,C_SANITIZERS)
+san_build    = swift build $(SWIFT_FLAGS) --scratch-path $(dir $(1)) --product diffusion \
+	  -Xswiftc -sanitize=$(2) -Xcc -fsanitize=$(3) && ln -sf libdiffusion.so $(1)/libdiffusion.so.$(SOVERSION)
+# $(call san_test,DIR,C_SANITIZERS,NAME,EXTRA_LIBS)
+san_test     = clang -std=c11 -g -fno-omit-frame-pointer -fuse-ld=lld -fsanitize=$(2) -Iinclude Tests/c/$(3).c -L$(1) -ldiffusion \
+	  -lm -lpthread $(4) -Wl,-rpath,$(abspath $(1)) -o $(1)/$(3) && $(SAN_ENV) $(1)/$(3) Tests/Fixtures
+SAN_ENV      = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 TSAN_OPTIONS=halt_on_error=1
+
+sanitize: sanitize-asan sanitize-tsan
+	@echo "sanitizers: clean"
+
+sanitize-asan-c: deps
+	$(call san_build,$(ASAN_DIR),address,address$(,)undefined)
+	$(call san_test,$(ASAN_DIR),address$(,)undefined,test_api)
+	$(call san_test,$(ASAN_DIR),address$(,)undefined,test_sd_api)
+
+sanitize-asan: sanitize-asan-c
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD=$$(clang -print-file-name=libclang_rt.asan-x86_64.so) \
+	  DIFFUSION_LIBRARY=$(abspath $(ASAN_DIR))/libdiffusion.so PYTHONPATH=bindings/python $(PYTHON) -m pytest -q bindings/python/tests
+
+sanitize-tsan: deps
+	$(call san_build,$(TSAN_DIR),thread,thread)
+	$(call san_test,$(TSAN_DIR),thread,test_api,-L$(SWIFT_LIB) -ldispatch -lBlocksRuntime -Wl$(,)-rpath$(,)$(SWIFT_LIB))
+	$(call san_test,$(TSAN_DIR),thread,test_sd_api,-L$(SWIFT_LIB) -ldispatch -lBlocksRuntime -Wl$(,)-rpath$(,)$(SWIFT_LIB))
+
+# Fuzzing (issue 10): libFuzzer over the C API, one target per parser (Tests/fuzz/fuzz_targets.c).
+# The library is built with ASan and edge coverage into .build-fuzz/; each target runs
+# FUZZ_SECONDS over its seed corpus (Tests/fuzz/corpus/<target>, from tools/make_fuzz_corpus.py)
+# and a working corpus kept in .build-fuzz/corpus/<target>. A finding is written to
+# .build-fuzz/findings/<target>-*: fix it and add the input to Tests/fuzz/regressions/<target>/,
+# which `make test` replays (test-fuzz-inputs) with the seed corpus.
+FUZZ_TARGETS := safetensors unet_config scheduler_config pipeline_config tokenizer prompt
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := .build-fuzz/release
+fuzz: deps
+	$(call san_build,$(FUZZ_DIR),address -Xswiftc -sanitize-coverage=edge$(,)trace-cmp,address$(,)fuzzer-no-link)
+	@mkdir -p .build-fuzz/findings
+	@for t in $(FUZZ_TARGETS); do \
+	  clang -std=c11 -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address -DFUZZ_TARGET=TARGET_$$t -Iinclude Tests/fuzz/fuzz_targets.c \
+	    -L$(FUZZ_DIR) -ldiffusion -lm -lpthread -Wl,-rpath,$(abspath $(FUZZ_DIR)) -o $(FUZZ_DIR)/fuzz_$$t || exit 1; \
+	  mkdir -p .build-fuzz/corpus/$$t; \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=6144 -print_final_stats=1 \
+	    -artifact_prefix=.build-fuzz/findings/$$t- .build-fuzz/corpus/$$t Tests/fuzz/corpus/$$t > .build-fuzz/$$t.log 2>&1; \
+	  st=$$?; grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" .build-fuzz/$$t.log | tail -6; \
+	  [ $$st = 0 ] || { echo "fuzz $$t: finding, see .build-fuzz/$$t.log and .build-fuzz/findings/"; exit 1; }; \
+	done
+
+# Every fuzz target's seed corpus and past findings, replayed against the plain library.
+test-fuzz-inputs: build
+	@for t in $(FUZZ_TARGETS); do \
+	  cc -std=c11 -Wall -Wextra -Werror -DFUZZ_TARGET=TARGET_$$t -Iinclude Tests/fuzz/fuzz_targets.c Tests/fuzz/fuzz_main.c \
+	    -L$(BUILD_DIR) -ldiffusion -lm -Wl,-rpath,$(abspath $(BUILD_DIR)) -o $(BUILD_DIR)/replay_$$t || exit 1; \
+	  inputs=Tests/fuzz/corpus/$$t; [ -d Tests/fuzz/regressions/$$t ] && inputs="$$inputs Tests/fuzz/regressions/$$t"; \
+	  $(BUILD_DIR)/replay_$$t $$inputs || exit 1; \
+	done
 
 # The core's tests link the Swift runtime dynamically, so they build in their own folder;
 # -enable-testing lets the kernel tests reach internal functions (attention, gemm).

@@ -37,7 +37,7 @@ func invalid(_ message: String) -> DiffusionError { DiffusionError(.invalidArgum
 /// Live handles, so a NULL, foreign, freed or wrong-kind pointer is an error, not a crash.
 final class HandleRegistry: Sendable {
     static let shared = HandleRegistry()
-    private let live = Mutex<[UnsafeMutableRawPointer: ObjectIdentifier]>([:])
+    private let live = Locked<[UnsafeMutableRawPointer: ObjectIdentifier]>([:])
 
     func register<T: AnyObject>(_ object: T) -> OpaquePointer {
         let raw = Unmanaged.passRetained(object).toOpaque()

@@ -20,7 +20,7 @@ public func diffusion_scheduler_names() -> UnsafePointer<UnsafePointer<CChar>?>!
 }
 
 /// Info strings by name, kept for the life of the process (each name at most once).
-private let schedulerInfo = Mutex<[String: UnsafeMutablePointer<CChar>]>([:])
+private let schedulerInfo = Locked<[String: UnsafeMutablePointer<CChar>]>([:])
 
 @c @implementation
 public func diffusion_scheduler_info_json(_ name: UnsafePointer<CChar>!, _ outJSON: UnsafeMutablePointer<UnsafePointer<CChar>?>!) -> diffusion_status {

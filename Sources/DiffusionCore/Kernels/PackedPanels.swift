@@ -31,7 +31,7 @@ final class PackedPanels: @unchecked Sendable {
     private let source: StoredTensor
     private let strideK: Int, strideL: Int
     private struct State { var storage: UnsafeMutableRawPointer?; var users = 0; var dropWanted = false }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Element (kk, l) is the source tensor's element kk · strideK + l · strideL.
     init(_ source: StoredTensor, k: Int, width: Int, strideK: Int, strideL: Int, panel: Int, winograd: Bool = false) {

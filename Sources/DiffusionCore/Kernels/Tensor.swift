@@ -52,7 +52,7 @@ public final class FloatBuffer {
 /// sizes every time). Holds at most `limit` bytes; beyond that, blocks go back to the system.
 public final class BufferPool: @unchecked Sendable {
     static let shared = BufferPool()
-    private let lock = Mutex<(free: [Int: [UnsafeMutableRawPointer]], held: Int)>(([:], 0))
+    private let lock = Locked<(free: [Int: [UnsafeMutableRawPointer]], held: Int)>(([:], 0))
     /// Bytes held at most, and the largest block kept: big blocks come from mmap anyway, and
     /// holding them would add a whole network's temporaries to the process's peak memory.
     public static let limit = 256 << 20

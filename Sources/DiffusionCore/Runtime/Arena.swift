@@ -76,7 +76,7 @@ public final class Arena: @unchecked Sendable {
     }
 
     static let maxReplans = 3
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
 
     public init() {}
 

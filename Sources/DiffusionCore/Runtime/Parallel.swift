@@ -25,6 +25,7 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
             let region = WorkerPool.Region(body: body, count: count, chunk: chunk)
             if WorkerPool.shared.run(region, helpers: workers - 1) { return }
             DispatchQueue.concurrentPerform(iterations: workers) { _ in region.run() }
+            region.joined()
         }
     }
 }

@@ -20,15 +20,27 @@ final class WorkerPool: @unchecked Sendable {
         let body: (Int) -> Void
         let count: Int, chunk: Int
         let next = Atomic<Int>(0)
-        init(body: @escaping (Int) -> Void, count: Int, chunk: Int) { self.body = body; self.count = count; self.chunk = chunk }
+        /// Released by the creator and by each runner when done, acquired by each runner and by
+        /// the creator after the join: the happens-before edges Dispatch provides too, made
+        /// visible to ThreadSanitizer (the statically linked libdispatch is not instrumented).
+        let handoff = Atomic<Int>(0)
+        init(body: @escaping (Int) -> Void, count: Int, chunk: Int) {
+            self.body = body; self.count = count; self.chunk = chunk
+            handoff.store(0, ordering: .releasing)
+        }
 
         func run() {
+            _ = handoff.load(ordering: .acquiring)
+            defer { handoff.add(1, ordering: .releasing) }
             while true {
                 let start = next.wrappingAdd(chunk, ordering: .relaxed).oldValue
                 if start >= count { return }
                 for i in start..<min(count, start + chunk) { body(i) }
             }
         }
+
+        /// After all runners returned (the join), on the creator.
+        func joined() { _ = handoff.load(ordering: .acquiring) }
     }
 
     /// One worker thread: `posted` counts the regions handed to it, `finished` those it is done with.
@@ -95,7 +107,7 @@ final class WorkerPool: @unchecked Sendable {
     static let maxHelpers = cpuCount() - 1
 
     private let inUse = Atomic<Bool>(false)
-    private let workers = Mutex<[Worker]>([])
+    private let workers = Locked<[Worker]>([])
 
     private init() {
         // A forked child has none of the workers: it keeps the pool marked in use forever.

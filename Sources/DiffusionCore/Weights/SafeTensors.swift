@@ -205,7 +205,7 @@ public final class SafeTensorsFile {
     }
 
     private struct WeakPacked { weak var value: PackedPanels? }
-    private let packedCopies = Mutex<[WeakPacked]>([])
+    private let packedCopies = Locked<[WeakPacked]>([])
 
     /// A layer's packed copy of some of this file's weights, freed by `releaseResidentPages`.
     func register(_ p: PackedPanels) {

@@ -112,7 +112,7 @@ FUZZ_TARGETS := safetensors unet_config scheduler_config pipeline_config tokeniz
 FUZZ_SECONDS ?= 60
 FUZZ_DIR     := .build-fuzz/release
 fuzz: deps
-	$(call san_build,$(FUZZ_DIR),address -Xswiftc -sanitize-coverage=edge$(,)trace-cmp,address$(,)fuzzer-no-link)
+	$(call san_build,$(FUZZ_DIR),address -Xswiftc -sanitize-coverage=edge$(,)inline-8bit-counters$(,)pc-table$(,)trace-cmp,address$(,)fuzzer-no-link)
 	@mkdir -p .build-fuzz/findings
 	@for t in $(FUZZ_TARGETS); do \
 	  clang -std=c11 -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address -DFUZZ_TARGET=TARGET_$$t -Iinclude Tests/fuzz/fuzz_targets.c \
@@ -144,6 +144,7 @@ test-c: build
 	$(call c_test,$(BUILD_DIR),test_api)
 	$(call c_test,$(BUILD_DIR),test_sd_api)
 	$(call c_test,$(BUILD_DIR),test_steady_state)
+	$(call c_test,$(BUILD_DIR),test_soak)
 	cc -std=c11 -Wall -Wextra -Werror -march=$(MARCH) -ISources/CDiffusion/include Tests/c/test_cpu_check.c Sources/CDiffusion/shim.c -lpthread -o $(BUILD_DIR)/test_cpu_check
 	$(BUILD_DIR)/test_cpu_check
 	cc -std=c11 -Wall -Wextra -Werror -march=$(MARCH) -mavx512f -mavx512bw -mavx512vl -DWANT_AVX512 -ISources/CDiffusion/include Tests/c/test_cpu_check.c Sources/CDiffusion/shim.c -lpthread -o $(BUILD_DIR)/test_cpu_check_avx512

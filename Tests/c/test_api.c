@@ -30,6 +30,17 @@
 
 /* ---- Files and folders ------------------------------------------------------------------- */
 
+/* max |x[i] - scale * y[i]|, or INFINITY when any value is NaN (fmax would skip it). */
+static double max_abs_diff(const float *x, const float *y, double scale, size_t n) {
+    double err = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)x[i] - scale * y[i]);
+        if (isnan(d)) return INFINITY;
+        if (d > err) err = d;
+    }
+    return err;
+}
+
 static const char *fixture(const char *name) {
     static char buf[4][4096];
     static int next;
@@ -1522,13 +1533,9 @@ static void test_classifier_guidance_and_img2img(void) {
     CHECK_OK(diffusion_noise(11, a, n));
     CHECK_OK(diffusion_noise(12, b, n));
     CHECK_OK(diffusion_slerp(a, b, n, 0, mid));
-    double err = 0;
-    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)mid[i] - a[i]));
-    CHECK(err < 1e-6);
+    CHECK(max_abs_diff(mid, a, 1, n) < 1e-6);
     CHECK_OK(diffusion_slerp(a, b, n, 1, mid));
-    err = 0;
-    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)mid[i] - b[i]));
-    CHECK(err < 1e-6);
+    CHECK(max_abs_diff(mid, b, 1, n) < 1e-6);
     CHECK_OK(diffusion_slerp(a, b, n, 0.5f, mid));
     double na = 0, nm = 0;
     for (size_t i = 0; i < n; i++) { na += (double)a[i] * a[i]; nm += (double)mid[i] * mid[i]; }
@@ -1541,9 +1548,7 @@ static void test_classifier_guidance_and_img2img(void) {
     /* euler's x_T = noise * init_noise_sigma (> 1): proportional to mid */
     double ratio = (double)x[0] / mid[0];
     CHECK(ratio > 1);
-    err = 0;
-    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)x[i] - ratio * mid[i]));
-    CHECK(err < 1e-3);
+    CHECK(max_abs_diff(x, mid, ratio, n) < 1e-3);
     free(x);
     diffusion_sampler_free(s);
     free(a); free(b); free(mid); free(noise); free(pixels); free(image);

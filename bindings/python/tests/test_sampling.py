@@ -3,7 +3,6 @@
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -195,14 +194,13 @@ def test_cancel_from_another_thread_without_callback(plain):
     with plain.sampler(scheduler="ddpm", steps=1000, seed=0, height=64, width=64) as s:
         timer = threading.Timer(0.1, s.cancel)
         timer.start()
-        t0 = time.monotonic()
         try:
             with pytest.raises(diffusion.DiffusionError) as ei:
                 s.run()
         finally:
             timer.cancel()
         assert ei.value.status == Status.ERROR_CANCELLED
-        assert time.monotonic() - t0 < 10
+        assert s.steps_done < 1000
         assert np.all(np.isfinite(s.latents))
 
 
@@ -213,13 +211,12 @@ def test_sigint_cancels_run(plain):
     with plain.sampler(scheduler="ddpm", steps=1000, seed=0, height=64, width=64) as s:
         timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
-        t0 = time.monotonic()
         try:
             with pytest.raises(KeyboardInterrupt):
                 s.run()
         finally:
             timer.cancel()
-        assert time.monotonic() - t0 < 10
+        assert s.steps_done < 1000
         assert np.all(np.isfinite(s.latents))
         assert s.step()  # usable afterwards
 

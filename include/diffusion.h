@@ -114,7 +114,8 @@ typedef struct diffusion_model_params {
     /* Weight files: false (default) reads <name>.safetensors and falls back to the fp16 variant
        <name>.fp16.safetensors when the plain file is absent; true prefers the fp16 variant. */
     bool prefer_fp16;
-    /* Memory the model may plan for, in bytes; 0 (default) = the machine's physical memory.
+    /* Memory the model may plan for, in bytes; 0 (default) = what the process can have: physical
+       memory, lowered by RLIMIT_AS / RLIMIT_DATA and the cgroup's memory.max.
        Loading weights larger than it, and creating a sampler, predicting, encoding or decoding
        whose weights plus estimated working memory exceed it, return DIFFUSION_ERROR_OUT_OF_MEMORY
        with the numbers in the message (checked before anything is allocated). The estimate

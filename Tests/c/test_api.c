@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -944,6 +945,41 @@ static void test_out_of_memory(void) {
     }
 }
 
+/* Without memory_limit the budget is what the process can have: under an address-space rlimit
+   (ulimit -v) a sampler too large for it is refused with OUT_OF_MEMORY at creation instead of
+   an allocation failing (which aborts) while it runs. In a forked child. */
+static void test_rlimit_budget(void) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); g_failures++; return; }
+    if (pid == 0) {
+        alarm(60);
+        struct rlimit r = {.rlim_cur = 3ull << 30, .rlim_max = RLIM_INFINITY};
+        if (setrlimit(RLIMIT_AS, &r) != 0) _exit(102);
+        diffusion_model *m = NULL;
+        if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) _exit(100);
+        diffusion_sampler_params sp;
+        diffusion_sampler_params_init(&sp, sizeof sp);
+        sp.batch = 32; /* estimated 3.6 GB: less than the machine's memory, more than the rlimit */
+        sp.height = sp.width = 256;
+        sp.steps = 1;
+        diffusion_sampler *s = NULL;
+        diffusion_status st = diffusion_sampler_create(m, &sp, &s);
+        fprintf(stderr, "    (child: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+        if (st == DIFFUSION_OK) st = diffusion_sampler_run(s, NULL, NULL); /* aborted here before */
+        _exit(st == DIFFUSION_ERROR_OUT_OF_MEMORY && strstr(diffusion_last_error(), "3.22 GB") ? 0 : 101);
+    }
+    int wstatus = 0;
+    CHECK(waitpid(pid, &wstatus, 0) == pid);
+    g_checks++;
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+        char what[200];
+        snprintf(what, sizeof what, "a sampler over RLIMIT_AS: %s %d (expected OUT_OF_MEMORY naming the 3.22 GB limit)",
+                 WIFSIGNALED(wstatus) ? "killed by signal" : "child exit", WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+        fail_at(__FILE__, __LINE__, what);
+    }
+}
+
 /* memory_limit: weights larger than the limit fail the load; work whose weights plus working
    memory exceed it fails with the numbers, and smaller work under the same limit runs. */
 static void test_memory_limit(void) {
@@ -1563,6 +1599,7 @@ int main(int argc, char **argv) {
     static const test_case tests[] = {
         {"version_and_status", test_version_and_status},
         {"out_of_memory", test_out_of_memory},  /* forks: before any test starts threads */
+        {"rlimit_budget", test_rlimit_budget},  /* forks too */
         {"last_error_per_thread", test_last_error_per_thread},
         {"null_arguments", test_null_arguments},
         {"handles", test_handles},

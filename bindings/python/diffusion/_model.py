@@ -32,7 +32,8 @@ class Model(Closing, LatentFacet):
     ``threads``: threads used by this model's network evaluations (None or 0 = all cores).
     ``prefer_fp16``: read the fp16 variant weight files (``*.fp16.safetensors``) when both exist;
     by default the plain files, falling back to the fp16 variant when only it exists.
-    ``memory_limit``: bytes the model may plan for (None or 0 = the machine's physical memory);
+    ``memory_limit``: bytes the model may plan for (None or 0 = physical memory, lowered by rlimits
+    and the cgroup's memory.max);
     loading, sampling, predicting, encoding or decoding whose weights plus estimated working memory
     exceed it raises a ``DiffusionError`` with status ``ERROR_OUT_OF_MEMORY`` and the numbers.
     """

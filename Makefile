@@ -111,6 +111,11 @@ sanitize-tsan: deps
 FUZZ_TARGETS := safetensors unet_config scheduler_config pipeline_config tokenizer prompt
 FUZZ_SECONDS ?= 60
 FUZZ_DIR     := .build-fuzz/release
+# The CLI's PNG decoder is Swift outside the library: its two files build alone with a stand-in
+# for the one DiffusionCore type they use (Tests/fuzz/png_harness.swift). $(call png_fuzzer,OUT,SANITIZERS)
+png_fuzzer   = mkdir -p $(dir $(1))png && sed '/^import DiffusionCore$$/d' Sources/DiffusionCLI/PNGDecoder.swift > $(dir $(1))png/PNGDecoder.swift && \
+	  swiftc -O -sanitize=$(2) -use-ld=lld -parse-as-library $(dir $(1))png/PNGDecoder.swift Sources/DiffusionCLI/PNG.swift \
+	  Tests/fuzz/png_harness.swift -o $(1)
 fuzz: deps
 	$(call san_build,$(FUZZ_DIR),address -Xswiftc -sanitize-coverage=edge$(,)inline-8bit-counters$(,)pc-table$(,)trace-cmp,address$(,)fuzzer-no-link)
 	@mkdir -p .build-fuzz/findings
@@ -124,6 +129,12 @@ fuzz: deps
 	  st=$$?; grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" .build-fuzz/$$t.log | tail -6; \
 	  [ $$st = 0 ] || { echo "fuzz $$t: finding, see .build-fuzz/$$t.log and .build-fuzz/findings/"; exit 1; }; \
 	done
+	$(call png_fuzzer,$(FUZZ_DIR)/fuzz_png,fuzzer$(,)address)
+	@mkdir -p .build-fuzz/corpus/png; echo "fuzz png: $(FUZZ_SECONDS) s"; \
+	$(FUZZ_DIR)/fuzz_png -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=6144 -print_final_stats=1 \
+	  -artifact_prefix=.build-fuzz/findings/png- .build-fuzz/corpus/png Tests/fuzz/corpus/png > .build-fuzz/png.log 2>&1; \
+	st=$$?; grep -E "^#[0-9]+.*DONE|stat::number_of_executed_units|ERROR|SUMMARY" .build-fuzz/png.log | tail -4; \
+	[ $$st = 0 ] || { echo "fuzz png: finding, see .build-fuzz/png.log and .build-fuzz/findings/"; exit 1; }
 
 # Every fuzz target's seed corpus and past findings, replayed against the plain library.
 test-fuzz-inputs: build
@@ -133,6 +144,10 @@ test-fuzz-inputs: build
 	  inputs=Tests/fuzz/corpus/$$t; [ -d Tests/fuzz/regressions/$$t ] && inputs="$$inputs Tests/fuzz/regressions/$$t"; \
 	  $(BUILD_DIR)/replay_$$t $$inputs || exit 1; \
 	done
+	@$(call png_fuzzer,$(BUILD_DIR)/replay_png,fuzzer)
+	@inputs=$$(ls -d Tests/fuzz/corpus/png/*); [ -d Tests/fuzz/regressions/png ] && inputs="$$inputs $$(ls -d Tests/fuzz/regressions/png/*)"; \
+	$(BUILD_DIR)/replay_png $$inputs > $(BUILD_DIR)/replay_png.log 2>&1 || { cat $(BUILD_DIR)/replay_png.log; exit 1; }; \
+	echo "$(BUILD_DIR)/replay_png: $$(echo $$inputs | wc -w) inputs replayed, no crash"
 
 # The core's tests link the Swift runtime dynamically, so they build in their own folder;
 # -enable-testing lets the kernel tests reach internal functions (attention, gemm).

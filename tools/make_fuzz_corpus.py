@@ -9,6 +9,8 @@ read first picks which file the rest replaces. Deterministic: the same fixtures 
 import json
 import os
 import shutil
+import struct
+import zlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIX = os.path.join(ROOT, "Tests", "Fixtures")
@@ -28,6 +30,33 @@ def write(target, name, data):
     os.makedirs(os.path.join(OUT, target), exist_ok=True)
     with open(os.path.join(OUT, target, name), "wb") as f:
         f.write(data)
+
+
+def png(width, height, color_type, rows, level, palette=None):
+    """A PNG file: rows are the filtered scanlines (filter byte first)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
+    if palette:
+        out += chunk(b"PLTE", palette)
+    return out + chunk(b"IDAT", zlib.compress(b"".join(rows), level)) + chunk(b"IEND", b"")
+
+
+def png_seeds():
+    """Every color type, every filter, stored / fixed / dynamic deflate blocks."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+    seeds = {}
+    for ct, c in channels.items():
+        w, h = 7, 5
+        rows = [bytes([y % 5]) + bytes((x * 37 + y * 11 + k * 5) % 256 for x in range(w) for k in range(c)) for y in range(h)]
+        pal = bytes(range(48)) if ct == 3 else None
+        if ct == 3:
+            rows = [bytes([r[0]]) + bytes(b % 16 for b in r[1:]) for r in rows]
+        for level in (0, 1, 9):
+            seeds[f"ct{ct}_level{level}"] = png(w, h, ct, rows, level, pal)
+    big = [bytes([1]) + bytes((x * y) % 256 for x in range(64)) for y in range(64)]
+    seeds["gray64_dynamic"] = png(64, 64, 0, big, 9)
+    return seeds
 
 
 def main():
@@ -65,6 +94,9 @@ def main():
                "don't STOP 123,456 é ü 日本語 🤖", "a" * 300, "(masterpiece:1.2), [blue], {x|y}", "\t\n\r"]
     for i, p in enumerate(prompts):
         write("prompt", f"p{i}", p.encode())
+    # png: the CLI's decoder (init images and masks).
+    for name, data in png_seeds().items():
+        write("png", name, data)
     print("corpus written to", os.path.relpath(OUT, ROOT))
 
 

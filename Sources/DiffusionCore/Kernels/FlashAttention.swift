@@ -60,19 +60,23 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
 
     let queryBlocks = (queries + queryBlock - 1) / queryBlock
     let lanes = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-    parallelFor(groups * queryBlocks, threads: threads) { job in
+    // Each thread's Q^T, score and output tiles, set aside here (see gemm's slabs).
+    let maxPanels = (min(queryBlock, queries) + nr - 1) / nr
+    let qtFloats = d * maxPanels * nr, sFloats = maxPanels * keyBlock * nr, oFloats = maxPanels * dPad * nr
+    let perSlot = qtFloats + sFloats + oFloats
+    let tiles = FloatBuffer(count: parallelSlots(groups * queryBlocks, threads: threads) * perSlot)
+    parallelFor(groups * queryBlocks, threads: threads) { job, slot in
         let g = job / queryBlocks, q0 = (job % queryBlocks) * queryBlock, nq = min(queryBlock, queries - q0)
         let (q, _, _, out) = head(g)
         let panels = (nq + nr - 1) / nr, qPad = panels * nr
         let kp = UnsafePointer(kPacked.pointer + g * keysPad * d), vp = UnsafePointer(vPacked.pointer + g * keysPad * dPad)
-        let qt = FloatBuffer(count: d * qPad), s = FloatBuffer(count: panels * keyBlock * nr)
-        let o = FloatBuffer(count: panels * dPad * nr)
+        let qt = tiles.pointer + slot * perSlot, s = qt + qtFloats, o = s + sFloats
         // Q^T as B panels (d × 16 queries, in d blocks).
         var d0 = 0
         while d0 < d {
             let depth = min(dk, d - d0)
             for jp in 0..<panels {
-                let dst = qt.pointer + d0 * qPad + jp * nr * depth
+                let dst = qt + d0 * qPad + jp * nr * depth
                 for c in 0..<nr {
                     let query = q0 + jp * nr + c
                     if query >= q0 + nq { for kk in 0..<depth { dst[kk * nr + c] = 0 }; continue }
@@ -82,7 +86,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
             }
             d0 += depth
         }
-        o.pointer.update(repeating: 0, count: panels * dPad * nr)
+        o.update(repeating: 0, count: panels * dPad * nr)
         withUnsafeTemporaryAllocation(of: V16.self, capacity: 2 * panels) { stats in
             let m = stats.baseAddress!, l = m + panels
             for jp in 0..<panels {
@@ -93,12 +97,12 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
             while j0 < keysPad {
                 let kb = min(keyBlock, keysPad - j0), valid = min(kb, keys - j0)
                 for jp in 0..<panels {
-                    let sp = s.pointer + jp * keyBlock * nr
+                    let sp = s + jp * keyBlock * nr
                     sp.update(repeating: 0, count: kb * nr)
                     var d0 = 0
                     while d0 < d {
                         let depth = min(dk, d - d0)
-                        let qp = UnsafePointer(qt.pointer + d0 * qPad + jp * nr * depth)
+                        let qp = UnsafePointer(qt + d0 * qPad + jp * nr * depth)
                         for p in stride(from: 0, to: kb, by: mr) {
                             MicroKernel.full(kc: depth, a: kp + d0 * keysPad + (j0 + p) * depth, b: qp, c: sp + p * nr, ldc: nr)
                         }
@@ -124,13 +128,13 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     if valid < kb { (sp + valid * nr).update(repeating: 0, count: (kb - valid) * nr) }
                     l[jp] = l[jp] * alpha + sum
                     m[jp] = mx
-                    let op = UnsafeMutableRawPointer(o.pointer + jp * dPad * nr)
+                    let op = UnsafeMutableRawPointer(o + jp * dPad * nr)
                     for f in 0..<dPad {
                         op.storeBytes(of: op.load(fromByteOffset: f * nr * 4, as: V16.self) * alpha, toByteOffset: f * nr * 4, as: V16.self)
                     }
                     for fp in stride(from: 0, to: dPad, by: mr) {
                         MicroKernel.full(kc: kb, a: vp + j0 * dPad + fp * kb, b: UnsafePointer(sp),
-                                         c: o.pointer + jp * dPad * nr + fp * nr, ldc: nr)
+                                         c: o + jp * dPad * nr + fp * nr, ldc: nr)
                     }
                 }
                 j0 += kb
@@ -138,7 +142,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
             // out = O^T / l, transposed back.
             for jp in 0..<panels {
                 let inv = 1 / l[jp], n = min(nr, nq - jp * nr)
-                let op = UnsafeRawPointer(o.pointer + jp * dPad * nr)
+                let op = UnsafeRawPointer(o + jp * dPad * nr)
                 for f in 0..<d {
                     let y = op.load(fromByteOffset: f * nr * 4, as: V16.self) * inv
                     let dst = out.base + (q0 + jp * nr) * out.tokenStride + f * out.featureStride
@@ -150,7 +154,6 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                 }
             }
         }
-        withExtendedLifetime((qt, s, o)) {}
     }
-    withExtendedLifetime((kPacked, vPacked)) {}
+    withExtendedLifetime((kPacked, vPacked, tiles)) {}
 }

@@ -87,6 +87,9 @@ struct GEMMPlan {
     let m: Int, n: Int, k: Int, kc: Int
     let tileM: Int, tileN: Int, mTiles: Int, nTiles: Int
     var jobs: Int { mTiles * nTiles }
+    /// Floats of one tile's packed slabs of A and of B (when the operand is packed per tile).
+    var aSlabFloats: Int { tileM * MicroKernel.rows * kc }
+    var bSlabFloats: Int { tileN * MicroKernel.cols * kc }
 
     /// `wideColumns`: tiles span all of n (cut only when there are too few row tiles), for an A operand
     /// that is costly to pack and a B that is not (a linear layer's input rows against its packed
@@ -114,22 +117,35 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
                                           bias: GEMMBias = .none, wideColumns: Bool = false, threads: Int) {
     guard m > 0, n > 0 else { return }
     let plan = GEMMPlan(m: m, n: n, k: k, wideColumns: wideColumns)
-    parallelFor(plan.jobs, threads: threads) { job in
-        gemmTile(plan, job, a: a, b: b, out: out, bias: bias)
+    // The slabs of the operands packed per tile, one set per thread, taken here (in the sampler's
+    // arena when there is one) rather than per tile on the workers, where the pool's reuse would
+    // depend on which tiles happened to run at once.
+    let mr = MicroKernel.rows, nr = MicroKernel.cols
+    let packsA = a.rows(k0: 0, l0: 0) == nil && a.direct(k0: 0, kc: plan.kc, l0: 0, panel: mr) == nil
+    let packsB = b.direct(k0: 0, kc: plan.kc, l0: 0, panel: nr) == nil
+    let perSlot = (packsA ? plan.aSlabFloats : 0) + (packsB ? plan.bSlabFloats : 0)
+    let slots = parallelSlots(plan.jobs, threads: threads)
+    let scratch = perSlot > 0 ? FloatBuffer(count: slots * perSlot) : nil
+    parallelFor(plan.jobs, threads: threads) { job, slot in
+        let base = scratch.map { $0.pointer + slot * perSlot }
+        gemmTile(plan, job, a: a, b: b, out: out, bias: bias,
+                 aScratch: packsA ? base : nil, bScratch: packsB ? base.map { $0 + (packsA ? plan.aSlabFloats : 0) } : nil)
     }
+    withExtendedLifetime(scratch) {}
 }
 
 /// Tile `job` of `plan`: C's rows × columns of that tile, all of k.
 @inline(__always)
 func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A, b: B, out: GEMMOutput,
-                                              bias: GEMMBias) {
+                                              bias: GEMMBias, aScratch: UnsafeMutablePointer<Float>? = nil,
+                                              bScratch: UnsafeMutablePointer<Float>? = nil) {
     let mr = MicroKernel.rows, nr = MicroKernel.cols
     let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
     let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
     let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
     let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-    // Slabs only for operands that are not already packed float32 (taken from the pool once
-    // per tile, not per k block).
+    // Slabs only for operands that are not already packed float32: the caller's per-thread
+    // scratch, else taken from the pool once per tile (not per k block).
     var aSlab: FloatBuffer?, bSlab: FloatBuffer?
     // C = A · B: the first k block writes C instead of adding to it (no zero fill).
     let zeroStart: Bool
@@ -144,16 +160,24 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         if aRows != nil {
             aPanels = UnsafePointer(bitPattern: 64)!  // unused: A is read in place
         } else if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
-            let slab = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
-            aSlab = slab
-            a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab.pointer)
-            aPanels = UnsafePointer(slab.pointer)
+            let slab: UnsafeMutablePointer<Float>
+            if let aScratch { slab = aScratch } else {
+                let buffer = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
+                aSlab = buffer
+                slab = buffer.pointer
+            }
+            a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab)
+            aPanels = UnsafePointer(slab)
         }
         if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
-            let slab = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
-            bSlab = slab
-            b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab.pointer)
-            bPanels = UnsafePointer(slab.pointer)
+            let slab: UnsafeMutablePointer<Float>
+            if let bScratch { slab = bScratch } else {
+                let buffer = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
+                bSlab = buffer
+                slab = buffer.pointer
+            }
+            b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab)
+            bPanels = UnsafePointer(slab)
         }
         if let (base, lda) = aRows {
             // A read in place: each 6-row panel (6 × kc, L1) runs against all column panels

@@ -97,9 +97,14 @@ final class PackedPanels: @unchecked Sendable {
         let src = bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!
         let panels = padded / panel, blocks = (k + kc - 1) / kc
         if winograd {
-            parallelFor(panels, threads: threads) { q in
-                packWinogradPanel(src, into: dst.assumingMemoryBound(to: Float.self), q: q, padded: padded)
+            // Each thread's widened kernels, set aside here (see gemm's slabs).
+            let per = k * 9
+            let widened = FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
+            parallelFor(panels, threads: threads) { q, slot in
+                packWinogradPanel(src, into: dst.assumingMemoryBound(to: Float.self), q: q, padded: padded,
+                                  g: widened.pointer + slot * per)
             }
+            withExtendedLifetime(widened) {}
             // Made per call from F16 / BF16: the mapped weight stays resident (it is read again).
             if source.dtype == .f32 { source.file.releasePages(bytes) }
             return
@@ -136,13 +141,14 @@ extension PackedPanels {
     /// Panel q (output channels q · panel ..< +panel) of all 16 Winograd matrices: each (co, ci)
     /// kernel g (3 × 3, widened exactly) becomes U = G g Gᵀ with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],
     /// U_ξ (ξ = 4 · row + column) going to matrix ξ at (ci, co).
-    fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutablePointer<Float>, q: Int, padded: Int) {
+    /// `g`: scratch for one output channel's k widened kernels (k · 9 floats).
+    fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutablePointer<Float>, q: Int, padded: Int,
+                                       g: UnsafeMutablePointer<Float>) {
         let lanes = min(panel, width - q * panel), size = source.dtype.byteSize, per = k * 9
-        let g = FloatBuffer(count: per)
         let matrix = k * padded
         for lane in 0..<panel {
             if lane < lanes {
-                source.dtype.convert(src + (q * panel + lane) * per * size, count: per, to: g.pointer)
+                source.dtype.convert(src + (q * panel + lane) * per * size, count: per, to: g)
             }
             var k0 = 0
             while k0 < k {
@@ -154,7 +160,7 @@ extension PackedPanels {
                         for xi in 0..<16 { at[xi * matrix] = 0 }
                         continue
                     }
-                    let w = g.pointer + (k0 + kk) * 9
+                    let w = g + (k0 + kk) * 9
                     // Rows of G g (4 × 3), then each row times Gᵀ.
                     @inline(__always) func column(_ c: Int) -> SIMD4<Float> {
                         let a = w[c], b = w[3 + c], d = w[6 + c]

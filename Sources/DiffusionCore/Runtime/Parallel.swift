@@ -12,9 +12,21 @@ import Glibc
 /// library's own `WorkerPool` runs it, or Dispatch when the pool is taken.
 @inline(__always)
 func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
-    let workers = min(max(threads, 1), count)
+    parallelFor(count, threads: threads) { i, _ in body(i) }
+}
+
+/// The threads `parallelFor(count, threads:)` runs on at most: its bodies see slots 0..<this.
+@inline(__always)
+func parallelSlots(_ count: Int, threads: Int) -> Int { max(1, min(max(threads, 1), count)) }
+
+/// `parallelFor` whose body also gets the slot of the thread running it, in
+/// 0..<parallelSlots(count, threads:): no two calls at once share a slot, so per-slot scratch
+/// allocated by the caller (in its arena, the same every call) replaces allocations in the body.
+@inline(__always)
+func parallelFor(_ count: Int, threads: Int, _ body: (Int, Int) -> Void) {
+    let workers = parallelSlots(count, threads: threads)
     if workers <= 1 {
-        for i in 0..<count { body(i) }
+        for i in 0..<count { body(i, 0) }
         return
     }
     // Indices go out in chunks (about 16 per worker) so tiny bodies do not fight over the counter.
@@ -24,7 +36,7 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int) -> Void) {
         withoutActuallyEscaping(body) { body in
             let region = WorkerPool.Region(body: body, count: count, chunk: chunk)
             if WorkerPool.shared.run(region, helpers: workers - 1) { return }
-            DispatchQueue.concurrentPerform(iterations: workers) { _ in region.run() }
+            DispatchQueue.concurrentPerform(iterations: workers) { slot in region.run(slot: slot) }
             region.joined()
         }
     }

@@ -15,27 +15,29 @@ import Glibc
 final class WorkerPool: @unchecked Sendable {
     static let shared = WorkerPool()
 
-    /// A region: `body` for every index, handed out in chunks from a shared counter.
+    /// A region: `body(index, slot)` for every index, handed out in chunks from a shared counter;
+    /// `slot` numbers the threads running the region (0 the caller), so a body can use scratch
+    /// its caller set aside per slot.
     final class Region: @unchecked Sendable {
-        let body: (Int) -> Void
+        let body: (Int, Int) -> Void
         let count: Int, chunk: Int
         let next = Atomic<Int>(0)
         /// Released by the creator and by each runner when done, acquired by each runner and by
         /// the creator after the join: the happens-before edges Dispatch provides too, made
         /// visible to ThreadSanitizer (the statically linked libdispatch is not instrumented).
         let handoff = Atomic<Int>(0)
-        init(body: @escaping (Int) -> Void, count: Int, chunk: Int) {
+        init(body: @escaping (Int, Int) -> Void, count: Int, chunk: Int) {
             self.body = body; self.count = count; self.chunk = chunk
             handoff.store(0, ordering: .releasing)
         }
 
-        func run() {
+        func run(slot: Int) {
             _ = handoff.load(ordering: .acquiring)
             defer { handoff.add(1, ordering: .releasing) }
             while true {
                 let start = next.wrappingAdd(chunk, ordering: .relaxed).oldValue
                 if start >= count { return }
-                for i in start..<min(count, start + chunk) { body(i) }
+                for i in start..<min(count, start + chunk) { body(i, slot) }
             }
         }
 
@@ -48,6 +50,7 @@ final class WorkerPool: @unchecked Sendable {
         let posted = Atomic<Int>(0), finished = Atomic<Int>(0)
         let sleeping = Atomic<Bool>(false)
         var region: Region?
+        var slot = 0
         // Allocated, so their addresses never move (workers live as long as the process).
         let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -74,14 +77,15 @@ final class WorkerPool: @unchecked Sendable {
                     pthread_mutex_unlock(mutex)
                 }
                 seen = posted.load(ordering: .acquiring)
-                region?.run()
+                region?.run(slot: slot)
                 region = nil
                 finished.store(seen, ordering: .releasing)
             }
         }
 
-        func post(_ r: Region) {
+        func post(_ r: Region, slot: Int) {
             region = r
+            self.slot = slot
             posted.wrappingAdd(1, ordering: .sequentiallyConsistent)
             if sleeping.load(ordering: .sequentiallyConsistent) {
                 pthread_mutex_lock(mutex)
@@ -123,8 +127,8 @@ final class WorkerPool: @unchecked Sendable {
         // CPU from the ones working (cifar b1 with 8 threads on 2 CPUs: 257 ms against 124 ms on
         // Dispatch, which caps itself the same way). The indices, and so the results, are the same.
         guard let team = team(min(helpers, WorkerPool.maxHelpers)) else { return false }
-        for w in team { w.post(region) }
-        region.run()
+        for (i, w) in team.enumerated() { w.post(region, slot: i + 1) }
+        region.run(slot: 0)
         for w in team { w.wait() }
         return true
     }

@@ -960,7 +960,7 @@ static void test_rlimit_budget(void) {
         if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) _exit(100);
         diffusion_sampler_params sp;
         diffusion_sampler_params_init(&sp, sizeof sp);
-        sp.batch = 32; /* estimated 3.6 GB: less than the machine's memory, more than the rlimit */
+        sp.batch = 64; /* estimated 3.8 GB: less than the machine's memory, more than the rlimit */
         sp.height = sp.width = 256;
         sp.steps = 1;
         diffusion_sampler *s = NULL;

@@ -30,7 +30,7 @@ import Testing
     }
 
     @Test func randomPlansAreDisjoint() {
-        var rng = SplitMix(seed: 7)
+        var rng = SplitMix64(state: 7)
         for _ in 0..<50 {
             var events: [Int] = [], sizes: [Int] = [], live: [Int] = []
             for _ in 0..<200 {
@@ -147,18 +147,5 @@ import Testing
         #expect(s.poolTakes - warm.poolTakes == 3, "only the UNet output, once per step: \(s)")
         #expect(s.arenaTakes - warm.arenaTakes > 3 * 20, "\(s)")
         #expect(s.plannedBytes > 0)
-    }
-}
-
-/// A small deterministic generator for the tests.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

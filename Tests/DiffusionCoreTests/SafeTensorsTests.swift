@@ -101,8 +101,8 @@ private func expectInvalidHeader(_ header: String, data: [UInt8] = [], _ phrases
     }
 }
 
-/// A deterministic PRNG (SplitMix64) so fuzz failures reproduce.
-private struct SplitMix64: RandomNumberGenerator {
+/// A deterministic PRNG (SplitMix64) so fuzz failures reproduce; also the arena tests' traces.
+struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15

@@ -160,22 +160,12 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         if aRows != nil {
             aPanels = UnsafePointer(bitPattern: 64)!  // unused: A is read in place
         } else if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
-            let slab: UnsafeMutablePointer<Float>
-            if let aScratch { slab = aScratch } else {
-                let buffer = aSlab ?? FloatBuffer(count: rowPanels * mr * kc)
-                aSlab = buffer
-                slab = buffer.pointer
-            }
+            let slab = slabPointer(aScratch, &aSlab, count: rowPanels * mr * kc)
             a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab)
             aPanels = UnsafePointer(slab)
         }
         if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
-            let slab: UnsafeMutablePointer<Float>
-            if let bScratch { slab = bScratch } else {
-                let buffer = bSlab ?? FloatBuffer(count: colPanels * nr * kc)
-                bSlab = buffer
-                slab = buffer.pointer
-            }
+            let slab = slabPointer(bScratch, &bSlab, count: colPanels * nr * kc)
             b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab)
             bPanels = UnsafePointer(slab)
         }
@@ -224,6 +214,15 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         k0 += depth
     }
     withExtendedLifetime((aSlab, bSlab)) {}
+}
+
+/// A tile's slab: the caller's per-thread scratch, else a buffer taken once for the tile.
+@inline(__always)
+private func slabPointer(_ scratch: UnsafeMutablePointer<Float>?, _ held: inout FloatBuffer?, count: Int) -> UnsafeMutablePointer<Float> {
+    if let scratch { return scratch }
+    let buffer = held ?? FloatBuffer(count: count)
+    held = buffer
+    return buffer.pointer
 }
 
 /// The tile's part of C before the first slab: zero or the bias (or left as is to accumulate).

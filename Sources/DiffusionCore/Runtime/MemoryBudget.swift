@@ -54,6 +54,8 @@ public struct MemoryBudget: Sendable {
     }
 
     static func gigabytes(_ bytes: Double) -> String {
+        // Estimates of absurd requests can pass Int's range: no trap, a plain number then.
+        guard bytes.isFinite, bytes < 1e24 else { return "\(bytes / 1e9) GB" }
         let centi = Int((bytes / 1e7).rounded())
         let frac = centi % 100
         return "\(centi / 100).\(frac < 10 ? "0" : "")\(frac) GB"

@@ -107,6 +107,17 @@ const char *diffusion_last_error(void);
 
 /* ---- Models ------------------------------------------------------------------------------ */
 
+/* How a model's UNet and VAE compute their convolutions and linear layers. */
+typedef enum diffusion_precision {
+    /* float32 throughout (default): results within 1e-4 of diffusers in float32. */
+    DIFFUSION_PRECISION_F32 = 0,
+    /* The fast mode: weights and activations rounded to bfloat16, products summed in float32
+       (AVX512-BF16 vdpbf16ps; on a CPU without it, an exact emulation: the same bytes, slower).
+       Norms, softmax, attention, activations, the text encoder and the scheduler stay float32.
+       About 2e-2 relative error per network evaluation, as other engines' bf16 modes. */
+    DIFFUSION_PRECISION_BF16 = 1
+} diffusion_precision;
+
 typedef struct diffusion_model_params {
     uint32_t struct_size;
     /* Threads used by this model's network evaluations; 0 (default) = number of CPU cores. */
@@ -121,6 +132,8 @@ typedef struct diffusion_model_params {
        with the numbers in the message (checked before anything is allocated). The estimate
        does not count packed copies of F32 weights. */
     uint64_t memory_limit;
+    /* DIFFUSION_PRECISION_F32 (default) or DIFFUSION_PRECISION_BF16. */
+    int32_t precision;
 } diffusion_model_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_model_params)
@@ -162,6 +175,9 @@ typedef struct diffusion_model_info {
     int32_t vae_scale_factor;   /* pixels per latent along each side; 1 = a pixel-space model */
     int32_t context_length;     /* text tokens per prompt (77); 0 = no text conditioning */
     int32_t context_width;      /* width of each token's text state (SD1 768, SD2 1024) */
+    int32_t precision;          /* the diffusion_precision the model was loaded with */
+    bool precision_native;      /* true when this CPU runs it natively (bf16: AVX512-BF16);
+                                   false when emulated. Always true for F32. */
 } diffusion_model_info;
 
 /* Fills *info (whose struct_size the caller has set) with the model's shape. Only the first

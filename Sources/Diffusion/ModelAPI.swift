@@ -3,7 +3,9 @@ import DiffusionCore
 
 @c @implementation
 public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
-    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false, memory_limit: 0), to: params, size: structSize)
+    writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false, memory_limit: 0,
+                                         precision: Int32(DIFFUSION_PRECISION_F32.rawValue)),
+                  to: params, size: structSize)
 }
 
 /// Writes the first `size` bytes of `value` (a params struct) and sets its struct_size.
@@ -38,8 +40,15 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
         diffusion_model_params_init(&defaults, MemoryLayout<diffusion_model_params>.size)
         let p = try readParams(params, defaults: defaults, "diffusion_model_params")
         guard p.n_threads >= 0, p.n_threads <= 1024 else { throw invalid("n_threads \(p.n_threads) must be between 0 and 1024") }
+        let precision: Precision
+        switch UInt32(bitPattern: p.precision) {
+        case DIFFUSION_PRECISION_F32.rawValue: precision = .exact
+        case DIFFUSION_PRECISION_BF16.rawValue: precision = .bf16
+        default:
+            throw invalid("precision \(p.precision) is not a diffusion_precision (DIFFUSION_PRECISION_F32 = 0, DIFFUSION_PRECISION_BF16 = 1)")
+        }
         let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16,
-                                       memoryLimit: p.memory_limit)
+                                       memoryLimit: p.memory_limit, precision: precision)
         outModel.pointee = HandleRegistry.shared.register(ModelHandle(model))
     }
 }
@@ -65,7 +74,9 @@ public func diffusion_model_get_info(_ model: OpaquePointer!, _ info: UnsafeMuta
                                         latent_channels: Int32(clamping: c.latentChannels),
                                         vae_scale_factor: Int32(clamping: c.vaeScaleFactor),
                                         context_length: Int32(clamping: c.contextLength),
-                                        context_width: Int32(clamping: c.contextWidth))
+                                        context_width: Int32(clamping: c.contextWidth),
+                                        precision: Int32((m.precision == .bf16 ? DIFFUSION_PRECISION_BF16 : DIFFUSION_PRECISION_F32).rawValue),
+                                        precision_native: m.precision == .exact || Precision.bf16Native)
         withUnsafeBytes(of: &full) { src in
             UnsafeMutableRawPointer(info).copyMemory(from: src.baseAddress!, byteCount: min(size, src.count))
         }

@@ -30,8 +30,37 @@ struct ModelOption: ParsableArguments {
     @Flag(help: "Read the fp16 variant weight files (*.fp16.safetensors) even when full-precision files exist.")
     var preferFP16 = false
 
+    @Option(help: "f32 (default: float32) or bf16 (fast: bfloat16 products with float32 sums in the UNet and VAE; emulated, slower, on CPUs without AVX512-BF16).")
+    var precision: Precision = .exact
+
+    @Option(help: ArgumentHelp("Memory the model may plan for, in bytes, or with a K/M/G suffix (powers of 1024); default: physical memory and the process's limits.", valueName: "bytes"))
+    var memoryLimit: MemorySize?
+
     func load() throws -> DiffusionModel {
-        try DiffusionModel(path: model ?? defaultModelPath(), threads: threads, preferFP16: preferFP16)
+        try DiffusionModel(path: model ?? defaultModelPath(), threads: threads, preferFP16: preferFP16,
+                           memoryLimit: memoryLimit?.bytes ?? 0, precision: precision)
+    }
+}
+
+extension Precision: ExpressibleByArgument {}
+
+/// A byte count: digits with an optional K, M or G suffix (powers of 1024).
+struct MemorySize: ExpressibleByArgument {
+    let bytes: UInt64
+
+    init?(argument: String) {
+        var digits = Substring(argument)
+        var scale: UInt64 = 1
+        if let last = digits.last, let power = ["K": 1, "M": 2, "G": 3][last.uppercased()] {
+            scale = 1 << (10 * UInt64(power))
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), let n = UInt64(digits) else {
+            return nil
+        }
+        let (product, overflow) = n.multipliedReportingOverflow(by: scale)
+        guard !overflow, product > 0 else { return nil }
+        bytes = product
     }
 }
 
@@ -72,6 +101,7 @@ struct Info: ParsableCommand {
             print("classes:     \(c.numClassEmbeds.map(String.init) ?? "none")" +
                   (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? "")) }
             print("scheduler:   \(m.defaultScheduler)")
+            print("precision:   \(m.precision.rawValue)" + (m.precision == .bf16 && !Precision.bf16Native ? " (emulated: this CPU lacks AVX512-BF16)" : ""))
             print("config:      \(m.configJSON)")
         } catch let e as DiffusionError { DiffusionCommand.fail(e) }
     }

@@ -56,11 +56,18 @@ protocol PanelSource {
     /// As an A operand: element (kk, l) at p[(l − l0) · ld + kk − k0] for the returned (p, ld),
     /// when the source is float32 rows the micro-kernel can read in place (`RowsSource`).
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)?
+    /// A weight packed as bf16 pairs (`PackedPanels.pairs`): the product runs in the bf16 mode
+    /// (`gemmTileBF16`), the other operand rounded to bf16 as it is packed.
+    var isPairs: Bool { get }
+    /// The packed bf16-pair slab in place (when `isPairs`).
+    func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>?
 }
 
 extension PanelSource {
     func direct(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<Float>? { nil }
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { nil }
+    var isPairs: Bool { false }
+    func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>? { nil }
 }
 
 /// Depth of one packed slab: 6 × 256 floats of A (6 KB) and 16 × 256 of B (16 KB) stay in L1
@@ -121,8 +128,9 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
     // arena when there is one) rather than per tile on the workers, where the pool's reuse would
     // depend on which tiles happened to run at once.
     let mr = MicroKernel.rows, nr = MicroKernel.cols
-    let packsA = a.rows(k0: 0, l0: 0) == nil && a.direct(k0: 0, kc: plan.kc, l0: 0, panel: mr) == nil
-    let packsB = b.direct(k0: 0, kc: plan.kc, l0: 0, panel: nr) == nil
+    let bf16 = a.isPairs || b.isPairs
+    let packsA = bf16 ? !a.isPairs : a.rows(k0: 0, l0: 0) == nil && a.direct(k0: 0, kc: plan.kc, l0: 0, panel: mr) == nil
+    let packsB = bf16 ? !b.isPairs : b.direct(k0: 0, kc: plan.kc, l0: 0, panel: nr) == nil
     let perSlot = (packsA ? plan.aSlabFloats : 0) + (packsB ? plan.bSlabFloats : 0)
     let slots = parallelSlots(plan.jobs, threads: threads)
     let scratch = perSlot > 0 ? FloatBuffer(count: slots * perSlot) : nil
@@ -139,6 +147,10 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
 func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A, b: B, out: GEMMOutput,
                                               bias: GEMMBias, aScratch: UnsafeMutablePointer<Float>? = nil,
                                               bScratch: UnsafeMutablePointer<Float>? = nil) {
+    if a.isPairs || b.isPairs {
+        gemmTileBF16(plan, job, a: a, b: b, out: out, bias: bias, aScratch: aScratch, bScratch: bScratch)
+        return
+    }
     let mr = MicroKernel.rows, nr = MicroKernel.cols
     let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
     let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
@@ -150,7 +162,7 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
     // C = A · B: the first k block writes C instead of adding to it (no zero fill).
     let zeroStart: Bool
     if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
-    if !zeroStart { initialize(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
+    if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
     var k0 = 0
     while k0 < k {
         let depth = min(kc, k - k0)
@@ -218,7 +230,7 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
 
 /// A tile's slab: the caller's per-thread scratch, else a buffer taken once for the tile.
 @inline(__always)
-private func slabPointer(_ scratch: UnsafeMutablePointer<Float>?, _ held: inout FloatBuffer?, count: Int) -> UnsafeMutablePointer<Float> {
+func slabPointer(_ scratch: UnsafeMutablePointer<Float>?, _ held: inout FloatBuffer?, count: Int) -> UnsafeMutablePointer<Float> {
     if let scratch { return scratch }
     let buffer = held ?? FloatBuffer(count: count)
     held = buffer
@@ -227,7 +239,7 @@ private func slabPointer(_ scratch: UnsafeMutablePointer<Float>?, _ held: inout 
 
 /// The tile's part of C before the first slab: zero or the bias (or left as is to accumulate).
 @inline(__always)
-private func initialize(_ out: GEMMOutput, bias: GEMMBias, row0: Int, rows: Int, col0: Int, colPanels: Int) {
+func initializeTile(_ out: GEMMOutput, bias: GEMMBias, row0: Int, rows: Int, col0: Int, colPanels: Int) {
     if case .accumulate = bias { return }
     for jp in 0..<colPanels {
         let col = col0 + jp * MicroKernel.cols

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDiffusion
 import Synchronization
 
 /// A weight matrix in the panel layout `gemm` consumes, in its stored dtype (F16 / BF16 stay 2
@@ -24,10 +25,17 @@ import Synchronization
 /// kept only for float32 weights (where they replace a float32 packed copy); for F16 / BF16
 /// weights (SD checkpoints) they are made per call in pooled scratch, which keeps the model at 2
 /// bytes per weight (a kept copy added 0.4 GB to the SD1.5 UNet: 2.23 -> 2.63 GB peak).
+///
+/// `pairs` (the file's precision is bf16): the panels hold bfloat16 pairs instead, the operand
+/// layout of `cdiffusion_bf16_tile` — within a block, k rows 2p and 2p + 1 of a lane share one
+/// uint32 (low and high half; the high half is 0 past an odd depth), so a block of depth kc
+/// takes ⌈kc / 2⌉ uint32 rows, and the block starting at k0 (even) begins at uint32
+/// k0 / 2 · paddedWidth. Winograd's U matrices are rounded to bf16 after the f32 transform.
 final class PackedPanels: @unchecked Sendable {
     let k: Int, width: Int, panel: Int, kc: Int
     let dtype: DType
     let winograd: Bool
+    let pairs: Bool
     private let source: StoredTensor
     private let strideK: Int, strideL: Int
     private struct State { var storage: UnsafeMutableRawPointer?; var users = 0; var dropWanted = false }
@@ -39,6 +47,7 @@ final class PackedPanels: @unchecked Sendable {
         self.k = k; self.width = width; self.panel = panel
         self.winograd = winograd
         dtype = winograd ? .f32 : source.dtype
+        pairs = source.file.precision == .bf16
         self.strideK = strideK; self.strideL = strideL
         kc = gemmDepth(k)
         source.file.register(self)
@@ -48,15 +57,20 @@ final class PackedPanels: @unchecked Sendable {
 
     private var paddedWidth: Int { (width + panel - 1) / panel * panel }
 
+    /// Bytes of one packed matrix (16 of them for `winograd`).
+    private var matrixBytes: Int { pairs ? (k + 1) / 2 * paddedWidth * 4 : k * paddedWidth * dtype.byteSize }
+
+    private func view(_ storage: UnsafeMutableRawPointer) -> PackedView {
+        PackedView(storage: storage, dtype: dtype, pairs: pairs, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth)
+    }
+
     /// Runs `body` with the packed panels (packing them first if needed, over `threads`).
     func withPanels<R>(threads: Int, _ body: (PackedView) -> R) -> R {
         if winograd && source.dtype != .f32 {
-            let scratch = FloatBuffer(count: 16 * k * paddedWidth)
+            let scratch = FloatBuffer(count: (16 * matrixBytes + 3) / 4)
             let storage = UnsafeMutableRawPointer(scratch.pointer)
             pack(threads: threads, into: storage)
-            return withExtendedLifetime(scratch) {
-                body(PackedView(storage: storage, dtype: dtype, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth))
-            }
+            return withExtendedLifetime(scratch) { body(view(storage)) }
         }
         let storage = state.withLock { s -> UnsafeMutableRawPointer in
             s.users += 1
@@ -71,7 +85,7 @@ final class PackedPanels: @unchecked Sendable {
                 if s.users == 0 && s.dropWanted { free(s.storage); s.storage = nil; s.dropWanted = false }
             }
         }
-        return body(PackedView(storage: storage, dtype: dtype, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth))
+        return body(view(storage))
     }
 
     /// Frees the packed copy now, or when its last current user is done.
@@ -84,7 +98,7 @@ final class PackedPanels: @unchecked Sendable {
     private func pack(threads: Int) -> UnsafeMutableRawPointer {
         let matrices = winograd ? 16 : 1
         var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, (max(1, matrices * k * paddedWidth * dtype.byteSize) + 63) & ~63) != 0 || raw == nil {
+        if posix_memalign(&raw, 64, (max(1, matrices * matrixBytes) + 63) & ~63) != 0 || raw == nil {
             fatalError("libdiffusion: out of memory packing a \(k) × \(width) weight")
         }
         pack(threads: threads, into: raw!)
@@ -100,13 +114,40 @@ final class PackedPanels: @unchecked Sendable {
             // Each thread's widened kernels, set aside here (see gemm's slabs).
             let per = k * 9
             let widened = FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
+            // bf16 pairs: the f32 matrices first, then rounded.
+            let f32 = pairs ? FloatBuffer(count: 16 * k * padded) : nil
+            let u = f32?.pointer ?? dst.assumingMemoryBound(to: Float.self)
             parallelFor(panels, threads: threads) { q, slot in
-                packWinogradPanel(src, into: dst.assumingMemoryBound(to: Float.self), q: q, padded: padded,
-                                  g: widened.pointer + slot * per)
+                packWinogradPanel(src, into: u, q: q, padded: padded, g: widened.pointer + slot * per)
             }
             withExtendedLifetime(widened) {}
+            if let f32 {
+                let matrix = matrixBytes
+                parallelFor(16 * blocks * panels, threads: threads) { job in
+                    let xi = job / (blocks * panels), k0 = (job / panels) % blocks * kc, q = job % panels
+                    let depth = min(kc, k - k0)
+                    let from = f32.pointer + xi * k * padded + k0 * padded + q * panel * depth
+                    let to = (dst + xi * matrix).assumingMemoryBound(to: UInt32.self) + k0 / 2 * padded
+                        + q * panel * ((depth + 1) / 2)
+                    cdiffusion_bf16_pairs(from, depth, panel, to)
+                }
+            }
             // Made per call from F16 / BF16: the mapped weight stays resident (it is read again).
             if source.dtype == .f32 { source.file.releasePages(bytes) }
+            return
+        }
+        if pairs {
+            let per = kc * panel
+            let widened = FloatBuffer(count: parallelSlots(blocks * panels, threads: threads) * per)
+            parallelFor(blocks * panels, threads: threads) { job, slot in
+                let k0 = (job / panels) * kc, q = job % panels, depth = min(kc, k - k0)
+                let t = widened.pointer + slot * per
+                packWidened(src, into: t, k0: k0, q: q)
+                let to = dst.assumingMemoryBound(to: UInt32.self) + k0 / 2 * padded + q * panel * ((depth + 1) / 2)
+                cdiffusion_bf16_pairs(t, depth, panel, to)
+            }
+            withExtendedLifetime(widened) {}
+            source.file.releasePages(bytes)
             return
         }
         parallelFor(blocks * panels, threads: threads) { job in
@@ -117,6 +158,19 @@ final class PackedPanels: @unchecked Sendable {
             }
         }
         source.file.releasePages(bytes)
+    }
+
+    /// One panel of one k block as float32 (depth × panel, k-major), zero for the padding lanes.
+    private func packWidened(_ src: UnsafeRawPointer, into d: UnsafeMutablePointer<Float>, k0: Int, q: Int) {
+        let depth = min(kc, k - k0), size = source.dtype.byteSize, dtype = source.dtype
+        let lanes = min(panel, width - q * panel)
+        for kk in 0..<depth {
+            let row = d + kk * panel, at = (k0 + kk) * strideK
+            for lane in 0..<lanes {
+                dtype.convert(src + (at + (q * panel + lane) * strideL) * size, count: 1, to: row + lane)
+            }
+            for lane in lanes..<panel { row[lane] = 0 }
+        }
     }
 
     /// One panel of one k block: raw element copies (the source need not be aligned for its dtype),
@@ -185,26 +239,42 @@ extension PackedPanels {
 struct PackedView: PanelSource {
     let storage: UnsafeMutableRawPointer
     let dtype: DType
+    /// bf16 pairs (`PackedPanels.pairs`).
+    var pairs = false
     let k: Int, panel: Int, kc: Int, paddedWidth: Int
+
+    init(storage: UnsafeMutableRawPointer, dtype: DType, pairs: Bool = false, k: Int, panel: Int, kc: Int, paddedWidth: Int) {
+        self.storage = storage; self.dtype = dtype; self.pairs = pairs
+        self.k = k; self.panel = panel; self.kc = kc; self.paddedWidth = paddedWidth
+    }
 
     @inline(__always)
     private func offset(k0: Int, l0: Int, kc depth: Int) -> Int {
         precondition(l0 % panel == 0 && k0 % kc == 0 && depth == min(kc, k - k0), "packed weight read out of its blocking")
-        return k0 * paddedWidth + l0 * depth
+        return pairs ? k0 / 2 * paddedWidth + l0 * ((depth + 1) / 2) : k0 * paddedWidth + l0 * depth
     }
 
     /// Winograd matrix ξ of a `winograd` packing.
     func matrix(_ xi: Int) -> PackedView {
-        PackedView(storage: storage + xi * k * paddedWidth * 4, dtype: .f32, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth)
+        let bytes = pairs ? (k + 1) / 2 * paddedWidth * 4 : k * paddedWidth * 4
+        return PackedView(storage: storage + xi * bytes, dtype: .f32, pairs: pairs, k: k, panel: panel, kc: kc,
+                          paddedWidth: paddedWidth)
+    }
+
+    var isPairs: Bool { pairs }
+
+    func pairSlab(k0: Int, kc depth: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>? {
+        guard pairs, panel == self.panel else { return nil }
+        return UnsafePointer(storage.assumingMemoryBound(to: UInt32.self) + offset(k0: k0, l0: l0, kc: depth))
     }
 
     func direct(k0: Int, kc depth: Int, l0: Int, panel: Int) -> UnsafePointer<Float>? {
-        guard dtype == .f32, panel == self.panel else { return nil }
+        guard dtype == .f32, !pairs, panel == self.panel else { return nil }
         return UnsafePointer(storage.assumingMemoryBound(to: Float.self) + offset(k0: k0, l0: l0, kc: depth))
     }
 
     func pack(k0: Int, kc depth: Int, l0: Int, width w: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
-        precondition(panel == self.panel, "packed weight read with another panel width")
+        precondition(panel == self.panel && !pairs, "packed weight read with another panel width or as float32")
         let count = (w + panel - 1) / panel * panel * depth
         dtype.convert(storage + offset(k0: k0, l0: l0, kc: depth) * dtype.byteSize, count: count, to: dst)
     }

@@ -36,6 +36,8 @@ public final class DiffusionModel {
     /// The scheduler named by scheduler_config.json's _class_name; "ddpm" if absent.
     public let defaultScheduler: String
     public let threads: Int
+    /// How the UNet's and the VAE's convolutions and linear layers compute.
+    public let precision: Precision
     /// What the model's work may plan for: the weights, and the memory limit.
     public let budget: MemoryBudget
     public let info: ModelInfo
@@ -46,8 +48,10 @@ public final class DiffusionModel {
     /// or a pipeline folder (model_index.json + unet/ [+ scheduler/ and the other components]).
     /// `memoryLimit` in bytes, 0 for the machine's physical memory: loading weights larger than
     /// it, and work whose weights plus working memory exceed it, fail with OUT_OF_MEMORY.
-    public init(path: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0) throws {
-        let folder = try PipelineFolder(path: path, preferFP16: preferFP16)
+    public init(path: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0,
+                precision: Precision = .exact) throws {
+        let folder = try PipelineFolder(path: path, preferFP16: preferFP16, precision: precision)
+        self.precision = precision
         if let cls = folder.pipelineClass, !DiffusionModel.pipelineClasses.contains(cls) {
             throw DiffusionError(.unsupported, "\(path)/model_index.json: _class_name \"\(cls)\" is not supported (supported: \(DiffusionModel.pipelineClasses.sorted().joined(separator: ", ")))")
         }

@@ -16,7 +16,9 @@ public final class LatentPipeline {
     init(folder: PipelineFolder, unet: UNet2DConditionConfig) throws {
         tokenizer = try CLIPTokenizer(folder: try folder.folder("tokenizer"))
         let (textJSON, textConfigPath) = try folder.config("text_encoder")
-        textWeights = try folder.weights("text_encoder", stem: "model")
+        // The text encoder stays float32 in either precision: it runs once per prompt (a small
+        // share of the time), and its states steer every step.
+        textWeights = try folder.weights("text_encoder", stem: "model", precision: .exact)
         do {
             textEncoder = try CLIPTextModel(config: try CLIPTextConfig(json: textJSON), weights: textWeights)
         } catch let e as DiffusionError {

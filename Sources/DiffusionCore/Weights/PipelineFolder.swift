@@ -7,13 +7,16 @@ public struct PipelineFolder {
     public let index: JSONValue?
     /// Prefer `*.fp16.safetensors` even when the plain file exists.
     public let preferFP16: Bool
+    /// The precision of the files `weights` opens (unless told otherwise).
+    public let precision: Precision
 
-    public init(path: String, preferFP16: Bool = false) throws {
+    public init(path: String, preferFP16: Bool = false, precision: Precision = .exact) throws {
         guard FileIO.isDirectory(path) else {
             throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
         }
         self.path = path
         self.preferFP16 = preferFP16
+        self.precision = precision
         let indexPath = "\(path)/model_index.json"
         if FileIO.exists(indexPath) {
             let index = try FileIO.readJSON(indexPath)
@@ -54,12 +57,17 @@ public struct PipelineFolder {
 
     /// The safetensors weights of a component folder named `stem` (diffusion_pytorch_model or
     /// model): `stem.safetensors`, or its fp16 variant `stem.fp16.safetensors` when the plain file
-    /// is absent (or preferred). Pickle-only folders are refused by name.
-    public func weights(_ component: String, stem: String) throws -> SafeTensorsFile {
+    /// is absent (or preferred). Pickle-only folders are refused by name. The file computes in
+    /// `precision`, else the folder's.
+    public func weights(_ component: String, stem: String, precision: Precision? = nil) throws -> SafeTensorsFile {
         let dir = try folder(component)
         let plain = "\(dir)/\(stem).safetensors", fp16 = "\(dir)/\(stem).fp16.safetensors"
         let order = preferFP16 ? [fp16, plain] : [plain, fp16]
-        if let found = order.first(where: FileIO.isRegularFile) { return try SafeTensorsFile(path: found) }
+        if let found = order.first(where: FileIO.isRegularFile) {
+            let file = try SafeTensorsFile(path: found)
+            file.precision = precision ?? self.precision
+            return file
+        }
         for pickle in ["\(dir)/\(stem).bin", "\(dir)/\(stem).fp16.bin"] where FileIO.exists(pickle) {
             throw DiffusionError(.unsupported, "\(dir) has only \(pickle.split(separator: "/").last.map(String.init) ?? pickle) (pickle); convert it to safetensors")
         }

@@ -110,6 +110,9 @@ public final class SafeTensorsFile {
     /// (for which `info` is nil).
     public let names: [String]
     public let metadata: [String: String]
+    /// How layers built from this file compute (set by the loader before it builds them; read
+    /// when a layer packs its weights).
+    public var precision: Precision = .exact
 
     /// The whole mapping (nil only for a mapping we did not make, never after init).
     private let mapBase: UnsafeMutableRawPointer

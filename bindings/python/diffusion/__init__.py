@@ -111,10 +111,11 @@ def library_path() -> str:
     return library().path
 
 
-def load(path, threads: int | None = None, *, prefer_fp16: bool = False, memory_limit: int | None = None) -> "Model":
+def load(path, threads: int | None = None, *, prefer_fp16: bool = False, memory_limit: int | None = None,
+         precision: str = "f32") -> "Model":
     """Loads a model or pipeline folder (diffusers layout), e.g. a UNet2DModel folder or a Stable
     Diffusion 1.x / 2.x pipeline; see :class:`Model`."""
-    return Model(path, threads=threads, prefer_fp16=prefer_fp16, memory_limit=memory_limit)
+    return Model(path, threads=threads, prefer_fp16=prefer_fp16, memory_limit=memory_limit, precision=precision)
 
 
 def scheduler_names() -> list:

@@ -49,6 +49,7 @@ class ModelParams(ctypes.Structure):
         ("n_threads", ctypes.c_int32),
         ("prefer_fp16", ctypes.c_bool),
         ("memory_limit", ctypes.c_uint64),
+        ("precision", ctypes.c_int32),
     ]
 
 
@@ -65,6 +66,8 @@ class ModelInfo(ctypes.Structure):
         ("vae_scale_factor", ctypes.c_int32),
         ("context_length", ctypes.c_int32),
         ("context_width", ctypes.c_int32),
+        ("precision", ctypes.c_int32),
+        ("precision_native", ctypes.c_bool),
     ]
 
 

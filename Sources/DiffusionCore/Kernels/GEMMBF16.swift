@@ -1,0 +1,88 @@
+import CDiffusion
+
+/// `gemmTile` in the bf16 mode: one operand is a weight packed as bf16 pairs, the other is packed
+/// as float32 (its usual `pack`, or read in place) and rounded to bf16 pairs in the tile's slab;
+/// `cdiffusion_bf16_tile` (`vdpbf16ps`, 6 × 32 per call) sums the products in float32. The same
+/// tiles and the same k order as the f32 path, so the output is the same for any thread count.
+func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A, b: B, out: GEMMOutput,
+                                                  bias: GEMMBias, aScratch: UnsafeMutablePointer<Float>?,
+                                                  bScratch: UnsafeMutablePointer<Float>?) {
+    let mr = MicroKernel.rows, nr = MicroKernel.cols
+    let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
+    let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
+    let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
+    let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
+    var aSlab: FloatBuffer?, bSlab: FloatBuffer?
+    let zeroStart: Bool
+    if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
+    if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
+    var k0 = 0
+    while k0 < k {
+        let depth = min(kc, k - k0), pairs = (depth + 1) / 2
+        let overwrite = zeroStart && k0 == 0
+        // Each operand's slab as (first panel, uint32 between panels).
+        let (ap, aStride) = pairSlab(a, k0: k0, depth: depth, l0: row0, width: rows, panel: mr, panels: rowPanels,
+                                     scratch: aScratch, held: &aSlab, kc: kc)
+        let (bp, bStride) = pairSlab(b, k0: k0, depth: depth, l0: col0, width: cols, panel: nr, panels: colPanels,
+                                     scratch: bScratch, held: &bSlab, kc: kc)
+        var jp = 0
+        while jp < colPanels {
+            let (c0, valid0) = out.panel(col0 + jp * nr)
+            let second = jp + 1 < colPanels
+            let (c1, valid1) = second ? out.panel(col0 + (jp + 1) * nr) : (c0, 0)
+            let b0 = bp + jp * bStride, b1 = b0 + bStride
+            for ip in 0..<rowPanels {
+                let r = ip * mr, height = min(mr, rows - r)
+                let at = ap + ip * aStride, rowOffset = (row0 + r) * out.ldc
+                if height == mr && valid0 == nr && valid1 == nr {
+                    cdiffusion_bf16_tile(pairs, at, b0, b1, c0 + rowOffset, c1 + rowOffset, out.ldc, overwrite ? 1 : 0)
+                    continue
+                }
+                @inline(__always) func one(_ bq: UnsafePointer<UInt32>, _ c: UnsafeMutablePointer<Float>, _ valid: Int) {
+                    guard valid > 0 else { return }
+                    if height == mr && valid == nr {
+                        cdiffusion_bf16_tile(pairs, at, bq, nil, c + rowOffset, nil, out.ldc, overwrite ? 1 : 0)
+                    } else {
+                        bf16EdgeTile(pairs: pairs, a: at, b: bq, c: c + rowOffset, ldc: out.ldc, rows: height, cols: valid,
+                                     overwrite: overwrite)
+                    }
+                }
+                one(b0, c0, valid0)
+                one(b1, c1, valid1)
+            }
+            jp += 2
+        }
+        k0 += depth
+    }
+    withExtendedLifetime((aSlab, bSlab)) {}
+}
+
+/// One operand's bf16-pair slab for k0 ..< k0 + depth: in place for a pair-packed weight, else
+/// packed as float32 into the tile's slab and rounded there, panel by panel, in place.
+@inline(__always)
+private func pairSlab<S: PanelSource>(_ s: S, k0: Int, depth: Int, l0: Int, width: Int, panel: Int, panels: Int,
+                                      scratch: UnsafeMutablePointer<Float>?, held: inout FloatBuffer?,
+                                      kc: Int) -> (UnsafePointer<UInt32>, Int) {
+    if let p = s.pairSlab(k0: k0, kc: depth, l0: l0, panel: panel) { return (p, panel * ((depth + 1) / 2)) }
+    let slab = slabPointer(scratch, &held, count: panels * panel * kc)
+    let words = UnsafeMutableRawPointer(slab).assumingMemoryBound(to: UInt32.self)
+    if let f = s.direct(k0: k0, kc: depth, l0: l0, panel: panel) {
+        for q in 0..<panels { cdiffusion_bf16_pairs(f + q * panel * depth, depth, panel, words + q * panel * depth) }
+    } else {
+        s.pack(k0: k0, kc: depth, l0: l0, width: width, panel: panel, into: slab)
+        for q in 0..<panels { cdiffusion_bf16_pairs(slab + q * panel * depth, depth, panel, words + q * panel * depth) }
+    }
+    return (UnsafePointer(words), panel * depth)
+}
+
+/// A tile at the edge of C (rows × cols of the 6 × 16 exist): computed whole into a temporary.
+private func bf16EdgeTile(pairs: Int, a: UnsafePointer<UInt32>, b: UnsafePointer<UInt32>, c: UnsafeMutablePointer<Float>,
+                          ldc: Int, rows: Int, cols: Int, overwrite: Bool) {
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 6 * 16) { buffer in
+        let t = buffer.baseAddress!
+        cdiffusion_bf16_tile(pairs, a, b, nil, t, nil, 16, 1)
+        for r in 0..<rows {
+            for j in 0..<cols { c[r * ldc + j] = overwrite ? t[r * 16 + j] : c[r * ldc + j] + t[r * 16 + j] }
+        }
+    }
+}

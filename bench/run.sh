@@ -41,13 +41,13 @@ fi
 have_packages() {
     "$venv/bin/python" - <<'PY' 2>/dev/null
 import importlib.util, sys
-need = ["torch", "diffusers", "transformers", "safetensors", "onnxruntime", "onnx", "onnxscript", "openvino", "numpy"]
+need = ["torch", "diffusers", "transformers", "safetensors", "onnxruntime", "onnx", "onnxscript", "openvino", "numpy", "open_clip"]
 sys.exit(0 if all(importlib.util.find_spec(m) for m in need) else 1)
 PY
 }
 
 if [ ! -x "$venv/bin/python" ] || ! have_packages; then
-    echo "bench: setting up $venv (torch, diffusers, transformers, safetensors, onnxruntime, onnx, onnxscript, openvino, numpy)"
+    echo "bench: setting up $venv (torch, diffusers, transformers, safetensors, onnxruntime, onnx, onnxscript, openvino, numpy, open_clip_torch)"
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     pip=("$venv/bin/python" -m pip install --quiet)
     # Prefer a CPU-only torch wheel from pip's find-links folders (a plain `pip install torch`
@@ -69,8 +69,9 @@ if [ ! -x "$venv/bin/python" ] || ! have_packages; then
         fi
     fi
     # onnx: torch.onnx.export needs it to write the model (onnxscript: its default, dynamo, exporter).
-    # transformers: the SD1.5-shaped pipeline's text encoder (tools/make_sd15_random.py, bench_sd.py).
-    "${pip[@]}" diffusers transformers safetensors onnxruntime onnx onnxscript openvino numpy
+    # transformers: the SD1.5-shaped pipeline's text encoder (tools/make_sd15_random.py, bench_sd.py);
+    # open_clip_torch: the CLIP BPE vocabulary of that pipeline's tokenizer (tools/clip_vocab.py).
+    "${pip[@]}" diffusers transformers safetensors onnxruntime onnx onnxscript openvino numpy open_clip_torch
 fi
 
 [ "${BENCH_SETUP_ONLY:-0}" = 1 ] && exit 0

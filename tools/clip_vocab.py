@@ -27,6 +27,8 @@ def clip_merges_and_vocab():
     # Found without importing open_clip (its import needs torchvision).
     import importlib.util
     spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        raise SystemExit("the CLIP BPE vocabulary comes from open_clip_torch: pip install open_clip_torch into this venv")
     path = os.path.join(os.path.dirname(spec.origin), "bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]

@@ -19,8 +19,18 @@ private struct Noise {
     mutating func values(_ n: Int) -> [Float] { (0..<n).map { _ in next() } }
 }
 
-/// Writes one tensor (F32 or F16 bytes) to a fresh safetensors file and returns it stored.
-private func storedTensor(_ values: [Float], shape: [Int], f16: Bool) throws -> StoredTensor {
+/// float32 -> bfloat16 -> float32, round to nearest even, denormals to zero: written here
+/// independently of the library's conversion, as the oracle of the bf16 mode's rounding.
+func bf16Rounded(_ x: Float) -> Float {
+    let bits = x.bitPattern
+    if bits & 0x7F80_0000 == 0 { return Float(bitPattern: bits & 0x8000_0000) }
+    let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
+    return Float(bitPattern: rounded)
+}
+
+/// Writes one tensor (F32 or F16 bytes) to a fresh safetensors file and returns it stored, its
+/// layers computing in `precision`.
+private func storedTensor(_ values: [Float], shape: [Int], f16: Bool, precision: Precision = .exact) throws -> StoredTensor {
     var data = [UInt8]()
     for v in values {
         if f16 {
@@ -37,7 +47,9 @@ private func storedTensor(_ values: [Float], shape: [Int], f16: Bool) throws -> 
     let path = NSTemporaryDirectory() + "gemm-test-" + UUID().uuidString + ".safetensors"
     _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     defer { try? FileManager.default.removeItem(atPath: path) }
-    return try SafeTensorsFile(path: path).stored("w", shape: shape)
+    let file = try SafeTensorsFile(path: path)
+    file.precision = precision
+    return try file.stored("w", shape: shape)
 }
 
 /// max |got − want| / max |want|, NaN when anything is NaN (so `<=` fails on it).
@@ -80,14 +92,19 @@ private let convCases: [ConvCase] = [
     ConvCase(n: 1, cin: 30, cout: 11, h: 16, w: 48, kernel: 3, stride: 1, pads: (1, 1, 1, 1), f16: true),
 ]
 
-@Test(arguments: convCases)
-func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
+/// Both precisions. bf16: im2col must match the float64 loop over the bf16-rounded weights and
+/// inputs to 1e-5 (only the float32 sums differ), which shows the mode rounds each operand once,
+/// to nearest even; Winograd rounds the transformed values instead, so it is held to 1e-2 of the
+/// unrounded loop (bf16 keeps 8 bits: 2^-9 = 2e-3 relative per value), as is im2col.
+@Test(arguments: convCases, Precision.allCases)
+func convolutionMatchesDirectLoop(_ t: ConvCase, _ precision: Precision) throws {
     var noise = Noise(state: UInt64(t.cin * 1000 + t.cout * 10 + t.h))
     let kk = t.cin * t.kernel * t.kernel
     var weights = noise.values(t.cout * kk)
     if t.f16 { weights = weights.map { Float(Float16($0)) } }  // the values the file holds
     let bias = noise.values(t.cout)
-    let conv = Conv2d(weight: try storedTensor(weights, shape: [t.cout, t.cin, t.kernel, t.kernel], f16: t.f16),
+    let conv = Conv2d(weight: try storedTensor(weights, shape: [t.cout, t.cin, t.kernel, t.kernel], f16: t.f16,
+                                               precision: precision),
                       bias: bias, cin: t.cin, cout: t.cout, kernel: t.kernel, stride: t.stride,
                       padTop: t.pads.0, padLeft: t.pads.1, padBottom: t.pads.2, padRight: t.pads.3)
     let x = Tensor(n: t.n, c: t.cin, h: t.h, w: t.w)
@@ -95,23 +112,29 @@ func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
     x.data.update(from: input, count: x.count)
     let (oh, ow) = conv.outputSize(h: t.h, w: t.w)
 
+    let bf16 = precision == .bf16
+    let w16 = weights.map(bf16Rounded), x16 = input.map(bf16Rounded)
     var want = [Double](repeating: 0, count: t.n * t.cout * oh * ow)
+    var wantRounded = want
     for b in 0..<t.n {
         for co in 0..<t.cout {
             for oy in 0..<oh {
                 for ox in 0..<ow {
-                    var s = Double(bias[co])
+                    var s = Double(bias[co]), r = s
                     for ci in 0..<t.cin {
                         for ky in 0..<t.kernel {
                             for kx in 0..<t.kernel {
                                 let iy = oy * t.stride - t.pads.0 + ky, ix = ox * t.stride - t.pads.1 + kx
                                 guard iy >= 0, iy < t.h, ix >= 0, ix < t.w else { continue }
-                                s += Double(weights[(co * t.cin + ci) * t.kernel * t.kernel + ky * t.kernel + kx])
-                                    * Double(input[((b * t.cin + ci) * t.h + iy) * t.w + ix])
+                                let wi = (co * t.cin + ci) * t.kernel * t.kernel + ky * t.kernel + kx
+                                let xi = ((b * t.cin + ci) * t.h + iy) * t.w + ix
+                                s += Double(weights[wi]) * Double(input[xi])
+                                if bf16 { r += Double(w16[wi]) * Double(x16[xi]) }
                             }
                         }
                     }
                     want[((b * t.cout + co) * oh + oy) * ow + ox] = s
+                    wantRounded[((b * t.cout + co) * oh + oy) * ow + ox] = r
                 }
             }
         }
@@ -119,14 +142,18 @@ func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
     // im2col to 1e-6 of the float64 loop. Winograd F(2×2, 3×3) to 1e-5: its input and output
     // transforms add a few roundings per value (ENGINE.md measures 5.9e-7 relative at 320 input
     // channels and 2.0e-6 at 1280 for one layer); these small layers stay far below 1e-5.
-    var algorithms: [(Conv2d.Algorithm, Double)] = [(.im2col, 1e-6)]
-    if conv.usesWinograd(x, .winograd) { algorithms.append((.winograd, 1e-5)) }
+    var algorithms: [(Conv2d.Algorithm, Double)] = [(.im2col, bf16 ? 1e-2 : 1e-6)]
+    if conv.usesWinograd(x, .winograd) { algorithms.append((.winograd, bf16 ? 1e-2 : 1e-5)) }
     for (algorithm, tolerance) in algorithms {
         let one = conv.forward(x, threads: 1, algorithm: algorithm).copyToArray()
         let two = conv.forward(x, threads: 2, algorithm: algorithm).copyToArray()
         let three = conv.forward(x, threads: 3, algorithm: algorithm).copyToArray()
         let error = relativeError(one, want)
-        #expect(error <= tolerance, "\(t) \(algorithm): relative error \(error)")
+        #expect(error <= tolerance, "\(t) \(algorithm) \(precision): relative error \(error)")
+        if bf16 && algorithm == .im2col {
+            let rounded = relativeError(one, wantRounded)
+            #expect(rounded <= 1e-5, "\(t) bf16: relative error \(rounded) against the loop over rounded operands")
+        }
         #expect(one.map(\.bitPattern) == two.map(\.bitPattern), "\(t) \(algorithm): 1 and 2 threads differ")
         #expect(one.map(\.bitPattern) == three.map(\.bitPattern), "\(t) \(algorithm): 1 and 3 threads differ")
         // Released weights (a pipeline stage done with them) pack again on the next call.
@@ -156,14 +183,18 @@ func convolutionMatchesDirectLoop(_ t: ConvCase) throws {
     #expect(!WinogradConv.applicable(kernel: 1, stride: 1, pads: (0, 0, 0, 0), n: 1, h: 32, w: 32))
 }
 
-@Test(arguments: [(1, 3, 5, false), (7, 20, 33, true), (50, 400, 19, false), (13, 700, 40, true)])
-func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: Int, f16: Bool)) throws {
+/// Both precisions; bf16 against the loop over bf16-rounded operands (see the convolutions).
+@Test(arguments: [(1, 3, 5, false), (7, 20, 33, true), (50, 400, 19, false), (13, 700, 40, true), (12, 64, 64, false)],
+      Precision.allCases)
+func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: Int, f16: Bool), _ precision: Precision) throws {
     var noise = Noise(state: UInt64(shape.rows * 7 + shape.inFeatures))
     var weights = noise.values(shape.outFeatures * shape.inFeatures)
     if shape.f16 { weights = weights.map { Float(Float16($0)) } }
     let bias = noise.values(shape.outFeatures)
-    let linear = Linear(weight: try storedTensor(weights, shape: [shape.outFeatures, shape.inFeatures], f16: shape.f16),
+    let linear = Linear(weight: try storedTensor(weights, shape: [shape.outFeatures, shape.inFeatures], f16: shape.f16,
+                                                 precision: precision),
                         bias: bias, inFeatures: shape.inFeatures, outFeatures: shape.outFeatures)
+    let bf16 = precision == .bf16
     // Rows with a stride wider than the features, as attention's fused projections read them.
     let ldx = shape.inFeatures + 3
     let x = noise.values(shape.rows * ldx)
@@ -171,7 +202,10 @@ func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: 
     for r in 0..<shape.rows {
         for o in 0..<shape.outFeatures {
             var s = Double(bias[o])
-            for i in 0..<shape.inFeatures { s += Double(weights[o * shape.inFeatures + i]) * Double(x[r * ldx + i]) }
+            for i in 0..<shape.inFeatures {
+                let w = weights[o * shape.inFeatures + i], v = x[r * ldx + i]
+                s += bf16 ? Double(bf16Rounded(w)) * Double(bf16Rounded(v)) : Double(w) * Double(v)
+            }
             want[r * shape.outFeatures + o] = s
         }
     }
@@ -184,7 +218,7 @@ func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: 
         outputs.append(y)
     }
     let error = relativeError(outputs[0], want)
-    #expect(error <= 1e-6, "\(shape): relative error \(error)")
+    #expect(error <= (bf16 ? 1e-5 : 1e-6), "\(shape) \(precision): relative error \(error)")
     #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern), "\(shape): 1 and 2 threads differ")
 }
 

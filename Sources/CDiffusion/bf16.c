@@ -176,11 +176,12 @@ int cdiffusion_bf16_tile_native(long kc2, const uint32_t *a, const uint32_t *b0,
 // ---- Conversion ---------------------------------------------------------------------------
 
 // Round to nearest even, denormals to signed zero, NaN kept quiet (the rounding of
-// vcvtneps2bf16, done in integers so every CPU gives the same bits).
+// vcvtneps2bf16, done in integers so every CPU gives the same bits). Branch-free: it vectorises.
 static inline uint32_t to_bf16(uint32_t x) {
-    if ((x & 0x7f800000u) == 0) return (x >> 16) & 0x8000u;
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (x >> 16) | 0x40u;
-    return (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    const uint32_t quiet = (x >> 16) | 0x40u, zero = (x >> 16) & 0x8000u;
+    const uint32_t nan = (x & 0x7fffffffu) > 0x7f800000u, denormal = (x & 0x7f800000u) == 0;
+    return denormal ? zero : nan ? quiet : rounded;
 }
 
 uint16_t cdiffusion_bf16_round(float value) {
@@ -189,20 +190,29 @@ uint16_t cdiffusion_bf16_round(float value) {
     return (uint16_t)to_bf16(x);
 }
 
+// 16 lanes at a time through local copies, so the loop vectorises even in place (dst == src:
+// row p of dst overwrites rows the loop has already read).
+static inline void pair_row(const uint32_t *even, const uint32_t *next, long n, uint32_t *dst) {
+    uint32_t e[16] = {0}, o[16] = {0}, out[16];
+    if (n == 16) {
+        memcpy(e, even, 64);
+        if (next) memcpy(o, next, 64);
+    } else {
+        for (long j = 0; j < n; j++) e[j] = even[j];
+        if (next) for (long j = 0; j < n; j++) o[j] = next[j];
+    }
+    for (int j = 0; j < 16; j++) out[j] = to_bf16(e[j]) | to_bf16(o[j]) << 16;
+    if (n == 16) memcpy(dst, out, 64);
+    else for (long j = 0; j < n; j++) dst[j] = out[j];
+}
+
 void cdiffusion_bf16_pairs(const float *src, long kc, long panel, uint32_t *dst) {
     const uint32_t *s = (const uint32_t *)(const void *)src;
-    const long pairs = kc / 2;
-    for (long p = 0; p < pairs; p++) {
-        const uint32_t *even = s + 2 * p * panel, *odd = even + panel;
-        uint32_t *d = dst + p * panel;
-        for (long j = 0; j < panel; j++) {
-            const uint32_t lo = to_bf16(even[j]), hi = to_bf16(odd[j]);
-            d[j] = lo | hi << 16;
+    for (long p = 0; p < (kc + 1) / 2; p++) {
+        for (long j0 = 0; j0 < panel; j0 += 16) {
+            const long n = panel - j0 < 16 ? panel - j0 : 16;
+            pair_row(s + 2 * p * panel + j0, 2 * p + 1 < kc ? s + (2 * p + 1) * panel + j0 : NULL, n,
+                     dst + p * panel + j0);
         }
-    }
-    if (kc & 1) {
-        const uint32_t *even = s + (kc - 1) * panel;
-        uint32_t *d = dst + pairs * panel;
-        for (long j = 0; j < panel; j++) d[j] = to_bf16(even[j]);
     }
 }

@@ -18,18 +18,21 @@ from .workloads import ROOT, _model_class, torch_forward
 # ---- engines (child processes) ---------------------------------------------------------------------------
 
 
-def _libdiffusion_runner(spec: dict, threads: int, inputs: dict):
-    sys.path.insert(0, str(ROOT / "bindings" / "python"))
-    import diffusion
+def _libdiffusion_runner(precision: str):
+    def run(spec: dict, threads: int, inputs: dict):
+        sys.path.insert(0, str(ROOT / "bindings" / "python"))
+        import diffusion
 
-    model = diffusion.load(spec["lib_path"], threads=threads)
-    info = {"version": diffusion.version(), **library_identity(diffusion.library_path())}
-    kind = spec["kind"]
-    if kind == "unet2d":
-        return (lambda i: model.predict(i["sample"], i["timestep"])), info
-    if kind == "unet2d-cond":
-        return (lambda i: model.predict(i["sample"], i["timestep"], context=i["encoder_hidden_states"])), info
-    return (lambda i: model.decode(i["latents"])), info  # divides by scaling_factor itself
+        model = diffusion.load(spec["lib_path"], threads=threads, precision=precision)
+        info = {"version": diffusion.version(), "precision": model.info["precision"],
+                "precision_native": model.info["precision_native"], **library_identity(diffusion.library_path())}
+        kind = spec["kind"]
+        if kind == "unet2d":
+            return (lambda i: model.predict(i["sample"], i["timestep"])), info
+        if kind == "unet2d-cond":
+            return (lambda i: model.predict(i["sample"], i["timestep"], context=i["encoder_hidden_states"])), info
+        return (lambda i: model.decode(i["latents"])), info  # divides by scaling_factor itself
+    return run
 
 
 def _torch_runner(spec: dict, threads: int, inputs: dict):
@@ -119,7 +122,7 @@ def _openvino_runner(precision: str):
     return runner
 
 
-RUNNERS = {"libdiffusion": _libdiffusion_runner, "torch": _torch_runner, "onnxruntime": _onnxruntime_runner,
+RUNNERS = {"libdiffusion": _libdiffusion_runner("f32"), "libdiffusion-bf16": _libdiffusion_runner("bf16"), "torch": _torch_runner, "onnxruntime": _onnxruntime_runner,
            "openvino-f32": _openvino_runner("f32"), "openvino-bf16": _openvino_runner("bf16")}
 
 

@@ -15,7 +15,7 @@ from bench_unet import CONFIG, TIMESTEP
 
 HERE = Path(__file__).resolve().parent.parent  # bench/
 ROOT = HERE.parent
-ENGINES = ("libdiffusion", "torch", "onnxruntime", "openvino-f32", "openvino-bf16")
+ENGINES = ("libdiffusion", "libdiffusion-bf16", "torch", "onnxruntime", "openvino-f32", "openvino-bf16")
 FP32_PEERS = ("torch", "onnxruntime", "openvino-f32")
 ONNX_ENGINES = ("onnxruntime", "openvino-f32", "openvino-bf16")
 WORKLOADS = ("cifar-b1", "cifar-b8", "unet-sd-widths", "sd15-unet-cfg", "sd15-vae-decode")

@@ -1,3 +1,5 @@
+import CDiffusion
+
 /// One head's matrix (tokens × features): element (t, f) at base + t · tokenStride + f · featureStride.
 struct HeadMatrix<P> {
     var base: P
@@ -13,7 +15,12 @@ struct HeadMatrix<P> {
 /// 6 × 16 micro-kernel, with K and V^T packed once per head into A panels, Q^T into B panels per
 /// job, and P^T — the micro-kernel's own output tile, written panel by panel — used as B in place.
 /// Fixed blocks: any thread count gives the same bytes. `causal` masks keys after the query.
-func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal: Bool, threads: Int,
+///
+/// `.bf16` (heads up to 384 wide): both products run on `cdiffusion_bf16_tile`. The panels are
+/// packed as above, then each is rounded in place to bf16 pairs (along d for K and Q^T, along the
+/// keys for V^T and P^T); scores, the running max and sum, the softmax and O stay float32.
+func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal: Bool, precision: Precision = .exact,
+                    threads: Int,
                     head: (Int) -> (q: HeadMatrix<UnsafePointer<Float>>, k: HeadMatrix<UnsafePointer<Float>>,
                                     v: HeadMatrix<UnsafePointer<Float>>, out: HeadMatrix<UnsafeMutablePointer<Float>>)) {
     guard groups > 0, queries > 0, keys > 0, d > 0 else { return }
@@ -23,6 +30,15 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
     let keysPad = (keys + mr - 1) / mr * mr, dPad = (d + mr - 1) / mr * mr
     let dk = gemmDepth(d)
     let scale = 1 / Float(d).squareRoot()
+    let bf16 = precision == .bf16 && dk == d
+    let dPairs = (d + 1) / 2
+    /// A packed panel (`rows` of k × `panel` lanes) rounded to bf16 pairs in place.
+    @inline(__always) func round(_ p: UnsafeMutablePointer<Float>, rows: Int, panel: Int) {
+        cdiffusion_bf16_pairs(p, rows, panel, UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt32.self))
+    }
+    @inline(__always) func words(_ p: UnsafePointer<Float>) -> UnsafePointer<UInt32> {
+        UnsafeRawPointer(p).assumingMemoryBound(to: UInt32.self)
+    }
 
     // K as A panels (6 keys × d, in gemm's d blocks) and V^T as A panels (6 features × each key
     // block's keys), per head.
@@ -55,6 +71,10 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     dst[kk * mr + r] = key < keys && f < d ? v.base[key * v.tokenStride + f * v.featureStride] : 0
                 }
             }
+            if bf16 { round(dst, rows: kb, panel: mr) }
+        }
+        if bf16 {
+            for p in stride(from: j0, to: j0 + kb, by: mr) { round(kp + p * d, rows: d, panel: mr) }
         }
     }
 
@@ -83,6 +103,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     let src = q.base + query * q.tokenStride + d0 * q.featureStride
                     for kk in 0..<depth { dst[kk * nr + c] = src[kk * q.featureStride] }
                 }
+                if bf16 { round(dst, rows: depth, panel: nr) }
             }
             d0 += depth
         }
@@ -98,9 +119,16 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                 let kb = min(keyBlock, keysPad - j0), valid = min(kb, keys - j0)
                 for jp in 0..<panels {
                     let sp = s + jp * keyBlock * nr
-                    sp.update(repeating: 0, count: kb * nr)
+                    if bf16 {
+                        let qp = words(qt + jp * nr * d)
+                        for p in stride(from: 0, to: kb, by: mr) {
+                            cdiffusion_bf16_tile(dPairs, words(kp + (j0 + p) * d), qp, nil, sp + p * nr, nil, nr, 1)
+                        }
+                    } else {
+                        sp.update(repeating: 0, count: kb * nr)
+                    }
                     var d0 = 0
-                    while d0 < d {
+                    while !bf16 && d0 < d {
                         let depth = min(dk, d - d0)
                         let qp = UnsafePointer(qt + d0 * qPad + jp * nr * depth)
                         for p in stride(from: 0, to: kb, by: mr) {
@@ -119,18 +147,45 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     }
                     let alpha = exp16((m[jp] - mx) * scale)
                     var sum = V16()
-                    for kk in 0..<valid {
+                    // bf16: P^T straight into pair rows (keys kk, kk + 1), in place: row kk / 2
+                    // is written after rows kk and kk + 1 are read.
+                    var kk = 0
+                    while bf16 && kk < valid {
+                        @inline(__always) func probability(_ key: Int) -> V16 {
+                            guard key < valid else { return V16() }
+                            var p = exp16((raw.load(fromByteOffset: key * nr * 4, as: V16.self) - mx) * scale)
+                            if causal { p.replace(with: 0, where: query .< Int32(j0 + key)) }
+                            return p
+                        }
+                        let p0 = probability(kk), p1 = probability(kk + 1)
+                        sum += p0
+                        sum += p1
+                        raw.storeBytes(of: bf16Bits(p0) | bf16Bits(p1) &<< 16, toByteOffset: kk / 2 * nr * 4,
+                                       as: SIMD16<UInt32>.self)
+                        kk += 2
+                    }
+                    if bf16 && (valid + 1) / 2 < kb / 2 {
+                        (sp + (valid + 1) / 2 * nr).update(repeating: 0, count: (kb / 2 - (valid + 1) / 2) * nr)
+                    }
+                    for kk in 0..<(bf16 ? 0 : valid) {
                         var p = exp16((raw.load(fromByteOffset: kk * nr * 4, as: V16.self) - mx) * scale)
                         if causal { p.replace(with: 0, where: query .< Int32(j0 + kk)) }
                         raw.storeBytes(of: p, toByteOffset: kk * nr * 4, as: V16.self)
                         sum += p
                     }
-                    if valid < kb { (sp + valid * nr).update(repeating: 0, count: (kb - valid) * nr) }
+                    if !bf16 && valid < kb { (sp + valid * nr).update(repeating: 0, count: (kb - valid) * nr) }
                     l[jp] = l[jp] * alpha + sum
                     m[jp] = mx
                     let op = UnsafeMutableRawPointer(o + jp * dPad * nr)
                     for f in 0..<dPad {
                         op.storeBytes(of: op.load(fromByteOffset: f * nr * 4, as: V16.self) * alpha, toByteOffset: f * nr * 4, as: V16.self)
+                    }
+                    if bf16 {
+                        for fp in stride(from: 0, to: dPad, by: mr) {
+                            cdiffusion_bf16_tile(kb / 2, words(vp + j0 * dPad + fp * kb), words(sp), nil,
+                                                 o + jp * dPad * nr + fp * nr, nil, nr, 0)
+                        }
+                        continue
                     }
                     for fp in stride(from: 0, to: dPad, by: mr) {
                         MicroKernel.full(kc: kb, a: vp + j0 * dPad + fp * kb, b: UnsafePointer(sp),
@@ -156,4 +211,14 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
         }
     }
     withExtendedLifetime((kPacked, vPacked, tiles)) {}
+}
+
+/// Non-negative finite floats (softmax probabilities) as bf16 bits in the low half: round to
+/// nearest even, denormals to zero, as `cdiffusion_bf16_round`; branch-free so it vectorises.
+@inline(__always)
+private func bf16Bits(_ v: SIMD16<Float>) -> SIMD16<UInt32> {
+    let x = unsafeBitCast(v, to: SIMD16<UInt32>.self)
+    let rounded = (x &+ 0x7FFF &+ ((x &>> 16) & 1)) &>> 16
+    let denormal = SIMD16<UInt32>() &- (((x & 0x7F80_0000) &- 1) &>> 31)  // all ones where the exponent is 0
+    return rounded & ~denormal
 }

@@ -34,7 +34,7 @@ struct MultiHeadAttention {
         let a = Tokens(n: x.n, length: x.length, width: dim)
         attention(q: qs.data, ldq: dim, k: ks.data, ldk: dim, v: vs.data, ldv: dim, out: a.data, ldo: dim,
                   batch: x.n, queries: x.length, keys: ctx.length, heads: heads, headDim: headDim, causal: causal,
-                  threads: threads)
+                  precision: q.weight.file.precision, threads: threads)
         let y = Tokens(n: x.n, length: x.length, width: out.outFeatures)
         out.apply(a.data, rows: a.rows, into: y.data, threads: threads)
         return y

@@ -97,7 +97,7 @@ struct SpatialSelfAttention {
     func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
         let h = norm.map { $0(x, threads: threads) } ?? x
         let a = spatialAttention(q: q(h, threads: threads), k: k(h, threads: threads), v: v(h, threads: threads),
-                                 heads: heads, threads: threads)
+                                 heads: heads, precision: q.weight.file.precision, threads: threads)
         let y = out(a, threads: threads)
         addScaled(y, x, scale: inverseRescale)
         return y

@@ -99,6 +99,13 @@ def sample(unet, scheduler, steps, labels, scale, seed, res, eta=None):
     return x.clamp(-1, 1)
 
 
+def sample_lib(model, scheduler, steps, labels, scale, seed):
+    """The same sampling by libdiffusion (its sampler draws the same torch noise from the seed)."""
+    s = model.sampler(scheduler=scheduler, steps=steps, seed=seed, batch=len(labels),
+                      class_label=labels.numpy().astype(np.int32), guidance_scale=scale)
+    return torch.from_numpy(np.clip(s.run(), -1, 1))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(REPO / "models" / "digits"))
@@ -114,6 +121,10 @@ def main(argv=None):
     ap.add_argument("--samples-png", help="write a grid of DDIM-50 guidance-3 samples (rows = classes)")
     ap.add_argument("--write-fixture", action="store_true",
                     help="write Tests/Fixtures/digits_classifier.json")
+    ap.add_argument("--engine", choices=["diffusers", "libdiffusion"], default="diffusers",
+                    help="who samples: diffusers (torch) or libdiffusion (bindings/python; library from "
+                         "DIFFUSION_LIBRARY or .build/release)")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="libdiffusion's precision")
     args = ap.parse_args(argv)
     print("args:", json.dumps(vars(args), sort_keys=True), flush=True)
     torch.set_num_threads(args.threads)
@@ -145,6 +156,15 @@ def main(argv=None):
     print(f"  held-out test images: mean L2 to nearest training image {real['test_nn_train_dist']:.3f}", flush=True)
 
     unet = UNet2DModel.from_pretrained(args.model).eval()
+    lib_model = None
+    if args.engine == "libdiffusion":
+        sys.path.insert(0, str(REPO / "bindings" / "python"))
+        import diffusion
+        lib_model = diffusion.load(args.model, threads=args.threads, precision=args.precision)
+        print(f"sampling with libdiffusion {diffusion.version()} ({diffusion.library_path()}), precision "
+              f"{lib_model.info['precision']}{'' if lib_model.info['precision_native'] else ' (emulated)'}", flush=True)
+        assert args.clip_sample == "config", "--clip-sample needs --engine diffusers"
+
     cfg = json.loads((Path(args.model) / "config.json").read_text())
     assert cfg.get("_null_class_label") == NULL_LABEL, "config.json lacks _null_class_label = 10"
     res = unet.config.sample_size
@@ -166,7 +186,10 @@ def main(argv=None):
         labels = torch.arange(10).repeat_interleave(per_class)
         for s in args.scales:
             t0 = time.time()
-            x = sample(unet, scheduler, steps, labels, s, args.seed, res, eta)
+            if lib_model is not None:
+                x = sample_lib(lib_model, name.split("-")[0].lower(), steps, labels, s, args.seed)
+            else:
+                x = sample(unet, scheduler, steps, labels, s, args.seed, res, eta)
             secs = time.time() - t0
             f = from_resolution(x).reshape(len(labels), 64).numpy().astype(np.float64)
             y = labels.numpy()

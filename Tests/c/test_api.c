@@ -1032,6 +1032,40 @@ static void test_memory_limit(void) {
     diffusion_model_free(m);
 }
 
+/* precision: F32 by default, BF16 loads and reports itself, anything else is refused by name. The
+   bf16 output is close to the f32 one but not equal (the bf16 kernels ran). */
+static void test_precision(void) {
+    diffusion_model_params mp;
+    diffusion_model_params_init(&mp, sizeof mp);
+    CHECK(mp.precision == DIFFUSION_PRECISION_F32);
+    diffusion_model *m32 = NULL, *m16 = (diffusion_model *)(uintptr_t)0x10;
+    mp.precision = 2;
+    CHECK_ERROR(diffusion_model_load(fixture("plain"), &mp, &m16), DIFFUSION_ERROR_INVALID_ARGUMENT, "precision 2");
+    CHECK(m16 == NULL);
+    mp.precision = -1;
+    CHECK_ERROR(diffusion_model_load(fixture("plain"), &mp, &m16), DIFFUSION_ERROR_INVALID_ARGUMENT, "precision -1");
+    mp.precision = DIFFUSION_PRECISION_BF16;
+    CHECK_OK(diffusion_model_load(fixture("plain"), &mp, &m16));
+    CHECK_OK(diffusion_model_load(fixture("plain"), NULL, &m32));
+    diffusion_model_info info = {.struct_size = sizeof info};
+    CHECK_OK(diffusion_model_get_info(m16, &info));
+    CHECK(info.precision == DIFFUSION_PRECISION_BF16);
+    CHECK_OK(diffusion_model_get_info(m32, &info));
+    CHECK(info.precision == DIFFUSION_PRECISION_F32 && info.precision_native);
+    enum { N = 2 * 3 * 32 * 32 };
+    static float x[N], a[N], b[N];
+    for (int i = 0; i < N; i++) x[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
+    float ts[2] = {10, 900};
+    CHECK_OK(diffusion_model_predict(m32, x, 2, 3, 32, 32, ts, NULL, a, N));
+    CHECK_OK(diffusion_model_predict(m16, x, 2, 3, 32, 32, ts, NULL, b, N));
+    float scale = 0;
+    for (int i = 0; i < N; i++) scale = fabsf(a[i]) > scale ? fabsf(a[i]) : scale;
+    double error = max_abs_diff(a, b, 1, N) / scale;  /* INFINITY for NaN: fails the bound */
+    CHECK(error > 1e-4 && error <= 3e-2);
+    diffusion_model_free(m16);
+    diffusion_model_free(m32);
+}
+
 /* ---- Cancel and progress ----------------------------------------------------------------- */
 
 typedef struct {
@@ -1621,6 +1655,7 @@ int main(int argc, char **argv) {
         {"params_versions", test_params_versions},
         {"load_errors", test_load_errors},
         {"memory_limit", test_memory_limit},
+        {"precision", test_precision},
         {"predict", test_predict},
         {"sampler_create_errors", test_sampler_create_errors},
         {"guidance_and_labels", test_guidance_and_labels},

@@ -113,6 +113,16 @@ private func bf16TileMatchesDefinition(_ t: TileCase) {
         let x = bits.float(tiny: true)
         #expect(UInt32(round(x)) << 16 == bf16Rounded(x).bitPattern, "\(x)")
     }
+    // The Swift vector rounding (Winograd's U, attention's P) gives the C conversion's bits, for
+    // normal, tiny, zero, infinite and NaN values of both signs.
+    var specials: [Float] = [0, -0, .infinity, -.infinity, .nan, -.nan, .greatestFiniteMagnitude, -.leastNonzeroMagnitude,
+                             Float(bitPattern: 0x7FA0_0001), Float(bitPattern: 0x3F80_8000), -Float(bitPattern: 0x3F81_8000)]
+    for _ in 0..<(16 * 1000) { specials.append(bits.float(tiny: true) * (bits.next() % 2 == 0 ? 1 : -1)) }
+    for chunk in stride(from: 0, to: specials.count - 15, by: 16) {
+        let v = SIMD16<Float>(specials[chunk..<chunk + 16])
+        let got = bf16Round(v)
+        for j in 0..<16 { #expect(got[j] == UInt32(round(v[j])), "\(v[j].bitPattern)") }
+    }
     // 5 rows of a 3-lane panel, in place.
     let rows = (0..<15).map { Float($0 + 1) }
     var slab = rows

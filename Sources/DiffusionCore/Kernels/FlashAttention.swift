@@ -117,16 +117,21 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
             var j0 = 0
             while j0 < keysPad {
                 let kb = min(keyBlock, keysPad - j0), valid = min(kb, keys - j0)
+                // bf16: the scores of two query panels per tile (6 × 32: twice the accumulators).
+                var pair = 0
+                while bf16 && pair < panels {
+                    let two = pair + 1 < panels
+                    let s0 = s + pair * keyBlock * nr, s1 = s0 + keyBlock * nr
+                    let q0 = words(qt + pair * nr * d), q1 = q0 + nr * d
+                    for p in stride(from: 0, to: kb, by: mr) {
+                        cdiffusion_bf16_tile(dPairs, words(kp + (j0 + p) * d), q0, two ? q1 : nil, s0 + p * nr,
+                                             two ? s1 + p * nr : nil, nr, 1)
+                    }
+                    pair += 2
+                }
                 for jp in 0..<panels {
                     let sp = s + jp * keyBlock * nr
-                    if bf16 {
-                        let qp = words(qt + jp * nr * d)
-                        for p in stride(from: 0, to: kb, by: mr) {
-                            cdiffusion_bf16_tile(dPairs, words(kp + (j0 + p) * d), qp, nil, sp + p * nr, nil, nr, 1)
-                        }
-                    } else {
-                        sp.update(repeating: 0, count: kb * nr)
-                    }
+                    if !bf16 { sp.update(repeating: 0, count: kb * nr) }
                     var d0 = 0
                     while !bf16 && d0 < d {
                         let depth = min(dk, d - d0)
@@ -150,17 +155,19 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     // bf16: P^T straight into pair rows (keys kk, kk + 1), in place: row kk / 2
                     // is written after rows kk and kk + 1 are read.
                     var kk = 0
+                    let top = mx
                     while bf16 && kk < valid {
-                        @inline(__always) func probability(_ key: Int) -> V16 {
-                            guard key < valid else { return V16() }
-                            var p = exp16((raw.load(fromByteOffset: key * nr * 4, as: V16.self) - mx) * scale)
-                            if causal { p.replace(with: 0, where: query .< Int32(j0 + key)) }
-                            return p
+                        var p0 = exp16((raw.load(fromByteOffset: kk * nr * 4, as: V16.self) - top) * scale), p1 = V16()
+                        if kk + 1 < valid {
+                            p1 = exp16((raw.load(fromByteOffset: (kk + 1) * nr * 4, as: V16.self) - top) * scale)
                         }
-                        let p0 = probability(kk), p1 = probability(kk + 1)
+                        if causal {
+                            p0.replace(with: 0, where: query .< Int32(j0 + kk))
+                            p1.replace(with: 0, where: query .< Int32(j0 + kk + 1))
+                        }
                         sum += p0
                         sum += p1
-                        raw.storeBytes(of: bf16Bits(p0) | bf16Bits(p1) &<< 16, toByteOffset: kk / 2 * nr * 4,
+                        raw.storeBytes(of: bf16Round(p0) | bf16Round(p1) &<< 16, toByteOffset: kk / 2 * nr * 4,
                                        as: SIMD16<UInt32>.self)
                         kk += 2
                     }
@@ -180,17 +187,23 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     for f in 0..<dPad {
                         op.storeBytes(of: op.load(fromByteOffset: f * nr * 4, as: V16.self) * alpha, toByteOffset: f * nr * 4, as: V16.self)
                     }
-                    if bf16 {
-                        for fp in stride(from: 0, to: dPad, by: mr) {
-                            cdiffusion_bf16_tile(kb / 2, words(vp + j0 * dPad + fp * kb), words(sp), nil,
-                                                 o + jp * dPad * nr + fp * nr, nil, nr, 0)
-                        }
-                        continue
-                    }
+                    if bf16 { continue }  // O after every panel's P (below)
                     for fp in stride(from: 0, to: dPad, by: mr) {
                         MicroKernel.full(kc: kb, a: vp + j0 * dPad + fp * kb, b: UnsafePointer(sp),
                                          c: o + jp * dPad * nr + fp * nr, ldc: nr)
                     }
+                }
+                // bf16: O^T += V^T · P^T, two query panels per tile.
+                pair = 0
+                while bf16 && pair < panels {
+                    let two = pair + 1 < panels
+                    let p0 = words(s + pair * keyBlock * nr), p1 = p0 + keyBlock * nr
+                    let o0 = o + pair * dPad * nr, o1 = o0 + dPad * nr
+                    for fp in stride(from: 0, to: dPad, by: mr) {
+                        cdiffusion_bf16_tile(kb / 2, words(vp + j0 * dPad + fp * kb), p0, two ? p1 : nil, o0 + fp * nr,
+                                             two ? o1 + fp * nr : nil, nr, 0)
+                    }
+                    pair += 2
                 }
                 j0 += kb
             }
@@ -213,12 +226,3 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
     withExtendedLifetime((kPacked, vPacked, tiles)) {}
 }
 
-/// Non-negative finite floats (softmax probabilities) as bf16 bits in the low half: round to
-/// nearest even, denormals to zero, as `cdiffusion_bf16_round`; branch-free so it vectorises.
-@inline(__always)
-private func bf16Bits(_ v: SIMD16<Float>) -> SIMD16<UInt32> {
-    let x = unsafeBitCast(v, to: SIMD16<UInt32>.self)
-    let rounded = (x &+ 0x7FFF &+ ((x &>> 16) & 1)) &>> 16
-    let denormal = SIMD16<UInt32>() &- (((x & 0x7F80_0000) &- 1) &>> 31)  // all ones where the exponent is 0
-    return rounded & ~denormal
-}

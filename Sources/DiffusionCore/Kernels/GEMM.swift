@@ -1,3 +1,5 @@
+import CDiffusion
+
 /// C = A · B (+ bias) for the convolutions and linear layers: A is m × k, B is k × n, each an
 /// operand that packs itself into panels (`PanelSource`: weights in their stored dtype, im2col of
 /// an activation, a linear layer's input rows), so nothing is widened or unfolded in full first.
@@ -61,6 +63,9 @@ protocol PanelSource {
     var isPairs: Bool { get }
     /// The packed bf16-pair slab in place (when `isPairs`).
     func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>?
+    /// As `pack`, but rounded to bf16 pairs straight away (panels of ⌈kc / 2⌉ × panel uint32);
+    /// false when the source has no such packer (gemm then packs float32 and rounds the slab).
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool
 }
 
 extension PanelSource {
@@ -68,6 +73,7 @@ extension PanelSource {
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { nil }
     var isPairs: Bool { false }
     func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>? { nil }
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool { false }
 }
 
 /// Depth of one packed slab: 6 × 256 floats of A (6 KB) and 16 × 256 of B (16 KB) stay in L1
@@ -265,6 +271,42 @@ struct RowsSource: PanelSource {
     let ld: Int
 
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { (base + l0 * ld + k0, ld) }
+
+    /// A row's elements k, k + 1 are adjacent: each is rounded in place (bf16 in the low half of
+    /// its 32 bits), and the low 32 bits of v | v >> 16 of their 64-bit lane v are the pair, 8 pairs
+    /// per vector.
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        let pairs = (kc + 1) / 2
+        var q = 0
+        while q * panel < width {
+            let first = l0 + q * panel, w = min(panel, width - q * panel)
+            let d = dst + q * panel * pairs
+            for r in 0..<panel {
+                if r >= w {
+                    for p in 0..<pairs { d[p * panel + r] = 0 }
+                    continue
+                }
+                let row = UnsafeRawPointer(base + (first + r) * ld + k0)
+                var p = 0
+                while 2 * p + 16 <= kc {
+                    let low = bf16Round(row.loadUnaligned(fromByteOffset: 8 * p, as: SIMD16<Float>.self))
+                    let v = unsafeBitCast(low, to: SIMD8<UInt64>.self)
+                    let words = SIMD8<UInt32>(truncatingIfNeeded: v | v &>> 16)
+                    for j in 0..<8 { d[(p + j) * panel + r] = words[j] }
+                    p += 8
+                }
+                let values = row.assumingMemoryBound(to: Float.self)
+                while p < pairs {
+                    let lo = UInt32(cdiffusion_bf16_round(values[2 * p]))
+                    let hi = 2 * p + 1 < kc ? UInt32(cdiffusion_bf16_round(values[2 * p + 1])) : 0
+                    d[p * panel + r] = lo | hi << 16
+                    p += 1
+                }
+            }
+            q += 1
+        }
+        return true
+    }
 
     func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
         var q = 0

@@ -114,24 +114,10 @@ final class PackedPanels: @unchecked Sendable {
             // Each thread's widened kernels, set aside here (see gemm's slabs).
             let per = k * 9
             let widened = FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
-            // bf16 pairs: the f32 matrices first, then rounded.
-            let f32 = pairs ? FloatBuffer(count: 16 * k * padded) : nil
-            let u = f32?.pointer ?? dst.assumingMemoryBound(to: Float.self)
             parallelFor(panels, threads: threads) { q, slot in
-                packWinogradPanel(src, into: u, q: q, padded: padded, g: widened.pointer + slot * per)
+                packWinogradPanel(src, into: dst, q: q, padded: padded, g: widened.pointer + slot * per)
             }
             withExtendedLifetime(widened) {}
-            if let f32 {
-                let matrix = matrixBytes
-                parallelFor(16 * blocks * panels, threads: threads) { job in
-                    let xi = job / (blocks * panels), k0 = (job / panels) % blocks * kc, q = job % panels
-                    let depth = min(kc, k - k0)
-                    let from = f32.pointer + xi * k * padded + k0 * padded + q * panel * depth
-                    let to = (dst + xi * matrix).assumingMemoryBound(to: UInt32.self) + k0 / 2 * padded
-                        + q * panel * ((depth + 1) / 2)
-                    cdiffusion_bf16_pairs(from, depth, panel, to)
-                }
-            }
             // Made per call from F16 / BF16: the mapped weight stays resident (it is read again).
             if source.dtype == .f32 { source.file.releasePages(bytes) }
             return
@@ -194,12 +180,27 @@ final class PackedPanels: @unchecked Sendable {
 extension PackedPanels {
     /// Panel q (output channels q · panel ..< +panel) of all 16 Winograd matrices: each (co, ci)
     /// kernel g (3 × 3, widened exactly) becomes U = G g Gᵀ with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],
-    /// U_ξ (ξ = 4 · row + column) going to matrix ξ at (ci, co).
+    /// U_ξ (ξ = 4 · row + column) going to matrix ξ at (ci, co): float32, or with `pairs` rounded
+    /// to bf16 and paired along ci straight from the float32 transform (no float32 copy).
     /// `g`: scratch for one output channel's k widened kernels (k · 9 floats).
-    fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutablePointer<Float>, q: Int, padded: Int,
+    fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutableRawPointer, q: Int, padded: Int,
                                        g: UnsafeMutablePointer<Float>) {
         let lanes = min(panel, width - q * panel), size = source.dtype.byteSize, per = k * 9
-        let matrix = k * padded
+        let matrix = matrixBytes / 4  // elements (float32) or pairs (uint32) per matrix
+        let f = dst.assumingMemoryBound(to: Float.self), w32 = dst.assumingMemoryBound(to: UInt32.self)
+        /// The 16 values of U for input channel ci of the lane's kernels.
+        @inline(__always) func transform(_ ci: Int) -> SIMD16<Float> {
+            let w = g + ci * 9
+            // Rows of G g (4 × 3), then each row times Gᵀ.
+            @inline(__always) func column(_ c: Int) -> SIMD4<Float> {
+                let a = w[c], b = w[3 + c], d = w[6 + c]
+                return SIMD4(a, (a + b + d) * 0.5, (a - b + d) * 0.5, d)
+            }
+            let c0 = column(0), c1 = column(1), c2 = column(2)  // columns of G g
+            let u0 = c0, u1 = (c0 + c1 + c2) * 0.5, u2 = (c0 - c1 + c2) * 0.5, u3 = c2
+            return SIMD16(u0[0], u1[0], u2[0], u3[0], u0[1], u1[1], u2[1], u3[1],
+                          u0[2], u1[2], u2[2], u3[2], u0[3], u1[3], u2[3], u3[3])
+        }
         for lane in 0..<panel {
             if lane < lanes {
                 source.dtype.convert(src + (q * panel + lane) * per * size, count: per, to: g)
@@ -207,26 +208,25 @@ extension PackedPanels {
             var k0 = 0
             while k0 < k {
                 let depth = min(kc, k - k0)
-                let base = dst + k0 * padded + q * panel * depth + lane
-                for kk in 0..<depth {
-                    let at = base + kk * panel
-                    guard lane < lanes else {
-                        for xi in 0..<16 { at[xi * matrix] = 0 }
-                        continue
+                if pairs {
+                    let base = w32 + k0 / 2 * padded + q * panel * ((depth + 1) / 2) + lane
+                    for p in 0..<((depth + 1) / 2) {
+                        let at = base + p * panel
+                        guard lane < lanes else {
+                            for xi in 0..<16 { at[xi * matrix] = 0 }
+                            continue
+                        }
+                        let ci = k0 + 2 * p
+                        let odd = 2 * p + 1 < depth ? transform(ci + 1) : SIMD16()
+                        let bits = bf16Round(transform(ci)) | bf16Round(odd) &<< 16
+                        for xi in 0..<16 { at[xi * matrix] = bits[xi] }
                     }
-                    let w = g + (k0 + kk) * 9
-                    // Rows of G g (4 × 3), then each row times Gᵀ.
-                    @inline(__always) func column(_ c: Int) -> SIMD4<Float> {
-                        let a = w[c], b = w[3 + c], d = w[6 + c]
-                        return SIMD4(a, (a + b + d) * 0.5, (a - b + d) * 0.5, d)
-                    }
-                    let c0 = column(0), c1 = column(1), c2 = column(2)  // columns of G g
-                    let u0 = c0, u1 = (c0 + c1 + c2) * 0.5, u2 = (c0 - c1 + c2) * 0.5, u3 = c2
-                    for r in 0..<4 {
-                        at[(4 * r) * matrix] = u0[r]
-                        at[(4 * r + 1) * matrix] = u1[r]
-                        at[(4 * r + 2) * matrix] = u2[r]
-                        at[(4 * r + 3) * matrix] = u3[r]
+                } else {
+                    let base = f + k0 * padded + q * panel * depth + lane
+                    for kk in 0..<depth {
+                        let at = base + kk * panel
+                        let u = lane < lanes ? transform(k0 + kk) : SIMD16()
+                        for xi in 0..<16 { at[xi * matrix] = u[xi] }
                     }
                 }
                 k0 += depth

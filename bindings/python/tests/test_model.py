@@ -26,7 +26,7 @@ def test_config_is_a_dict(plain, plain_dir):
 def test_info(plain, class_model):
     assert plain.info == {"in_channels": 3, "out_channels": 3, "sample_size": 16, "num_class_embeds": 0,
                           "sample_width": 16, "null_class_label": -1, "latent_channels": 3, "vae_scale_factor": 1,
-                          "context_length": 0, "context_width": 0}
+                          "context_length": 0, "context_width": 0, "precision": "f32", "precision_native": True}
     assert not plain.is_text_pipeline
     assert class_model.num_class_embeds == 10 and class_model.null_class_label == -1
     with diffusion.load(helpers.unet_dir("class_cond_null")) as m:

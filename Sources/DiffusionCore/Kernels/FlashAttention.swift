@@ -16,7 +16,7 @@ struct HeadMatrix<P> {
 /// job, and P^T — the micro-kernel's own output tile, written panel by panel — used as B in place.
 /// Fixed blocks: any thread count gives the same bytes. `causal` masks keys after the query.
 ///
-/// `.bf16` (heads up to 384 wide): both products run on `cdiffusion_bf16_tile`. The panels are
+/// `.bf16`: both products run on `cdiffusion_bf16_tile`. The panels are
 /// packed as above, then each is rounded in place to bf16 pairs (along d for K and Q^T, along the
 /// keys for V^T and P^T); scores, the running max and sum, the softmax and O stay float32.
 func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal: Bool, precision: Precision = .exact,
@@ -30,8 +30,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
     let keysPad = (keys + mr - 1) / mr * mr, dPad = (d + mr - 1) / mr * mr
     let dk = gemmDepth(d)
     let scale = 1 / Float(d).squareRoot()
-    let bf16 = precision == .bf16 && dk == d
-    let dPairs = (d + 1) / 2
+    let bf16 = precision == .bf16
     /// A packed panel (`rows` of k × `panel` lanes) rounded to bf16 pairs in place.
     @inline(__always) func round(_ p: UnsafeMutablePointer<Float>, rows: Int, panel: Int) {
         cdiffusion_bf16_pairs(p, rows, panel, UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt32.self))
@@ -74,7 +73,12 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
             if bf16 { round(dst, rows: kb, panel: mr) }
         }
         if bf16 {
-            for p in stride(from: j0, to: j0 + kb, by: mr) { round(kp + p * d, rows: d, panel: mr) }
+            var d0 = 0
+            while d0 < d {
+                let depth = min(dk, d - d0)
+                for p in stride(from: j0, to: j0 + kb, by: mr) { round(kp + d0 * keysPad + p * depth, rows: depth, panel: mr) }
+                d0 += depth
+            }
         }
     }
 
@@ -122,10 +126,15 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                 while bf16 && pair < panels {
                     let two = pair + 1 < panels
                     let s0 = s + pair * keyBlock * nr, s1 = s0 + keyBlock * nr
-                    let q0 = words(qt + pair * nr * d), q1 = q0 + nr * d
-                    for p in stride(from: 0, to: kb, by: mr) {
-                        cdiffusion_bf16_tile(dPairs, words(kp + (j0 + p) * d), q0, two ? q1 : nil, s0 + p * nr,
-                                             two ? s1 + p * nr : nil, nr, 1)
+                    var d0 = 0
+                    while d0 < d {  // d blocks as gemm's: the first writes S, the others add
+                        let depth = min(dk, d - d0)
+                        let q0 = words(qt + d0 * qPad + pair * nr * depth), q1 = q0 + nr * depth
+                        for p in stride(from: 0, to: kb, by: mr) {
+                            cdiffusion_bf16_tile((depth + 1) / 2, words(kp + d0 * keysPad + (j0 + p) * depth), q0,
+                                                 two ? q1 : nil, s0 + p * nr, two ? s1 + p * nr : nil, nr, d0 == 0 ? 1 : 0)
+                        }
+                        d0 += depth
                     }
                     pair += 2
                 }

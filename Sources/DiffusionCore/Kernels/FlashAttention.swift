@@ -164,11 +164,11 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
                     // bf16: P^T straight into pair rows (keys kk, kk + 1), in place: row kk / 2
                     // is written after rows kk and kk + 1 are read.
                     var kk = 0
-                    let top = mx
+                    let log2Scale = scale * 1.442_695_04, offset = -mx * log2Scale
                     while bf16 && kk < valid {
-                        var p0 = exp16((raw.load(fromByteOffset: kk * nr * 4, as: V16.self) - top) * scale), p1 = V16()
+                        var p0 = exp2Short(raw.load(fromByteOffset: kk * nr * 4, as: V16.self) * log2Scale + offset), p1 = V16()
                         if kk + 1 < valid {
-                            p1 = exp16((raw.load(fromByteOffset: (kk + 1) * nr * 4, as: V16.self) - top) * scale)
+                            p1 = exp2Short(raw.load(fromByteOffset: (kk + 1) * nr * 4, as: V16.self) * log2Scale + offset)
                         }
                         if causal {
                             p0.replace(with: 0, where: query .< Int32(j0 + kk))
@@ -235,3 +235,21 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
     withExtendedLifetime((kPacked, vPacked, tiles)) {}
 }
 
+
+/// 2^t for t ≤ 0 (a softmax's shifted scores), to about 4e-5 relative: enough for probabilities
+/// that are rounded to bf16 (2^-9) next. t below -125 gives 2^-125 (no denormals).
+@inline(__always)
+private func exp2Short(_ t: SIMD16<Float>) -> SIMD16<Float> {
+    var t = t
+    t.replace(with: -125, where: t .< -125)
+    let magic: Float = 12_582_912  // 1.5 · 2^23: adding it rounds to an integer in the low bits
+    let shifted = t + magic
+    let f = t - (shifted - magic)  // in [-0.5, 0.5]
+    var p = SIMD16<Float>(repeating: 9.618_03e-3)
+    p = p * f + 5.550_357e-2
+    p = p * f + 2.402_265e-1
+    p = p * f + 6.931_472e-1
+    p = p * f + 1
+    let bits = (unsafeBitCast(shifted, to: SIMD16<UInt32>.self) &- magic.bitPattern &+ 127) &<< 23
+    return p * unsafeBitCast(bits, to: SIMD16<Float>.self)
+}

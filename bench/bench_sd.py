@@ -26,7 +26,7 @@ PROMPT = "a photograph of an astronaut riding a horse"
 def child_lib(a, out):
     import diffusion
     t0 = time.perf_counter()
-    p = diffusion.load(a.model, threads=a.threads)
+    p = diffusion.load(a.model, threads=a.threads, precision="bf16" if a.child == "lib-bf16" else "f32")
     load = time.perf_counter() - t0
     # The prompts encoded up front, as the torch child does (a sampler given prompt strings encodes
     # them in its first step, which would count them as step time).
@@ -81,7 +81,7 @@ def child_torch(a, out):
 
 
 def run_child(a):
-    result, latents, images = (child_lib if a.child == "lib" else child_torch)(a, a.out)
+    result, latents, images = (child_lib if a.child.startswith("lib") else child_torch)(a, a.out)
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     np.save(a.out + ".latents.npy", latents)
     np.save(a.out + ".images.npy", images)
@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engines", default="lib,torch")
+    ap.add_argument("--engines", default="lib,torch", help="comma list of lib, lib-bf16 (precision bf16), torch")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -114,7 +114,7 @@ def main():
             r["latents"] = np.load(out + ".latents.npy")
             r["images"] = np.load(out + ".images.npy")
             results[engine] = r
-    names = {"lib": "libdiffusion", "torch": "diffusers (PyTorch f32)"}
+    names = {"lib": "libdiffusion", "lib-bf16": "libdiffusion bf16", "torch": "diffusers (PyTorch f32)"}
     print(f"\nSD1.5-shaped, {a.size}x{a.size}, DPM++ 2M, guidance 7.5, {a.steps} steps, {a.threads} threads")
     print("| engine | load s | prompt s | s/step (median) | decode s | peak RSS GB |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -129,6 +129,15 @@ def main():
         print(f"\nseconds per step: {ratio:.2f}x PyTorch (bar 1.2x); decode {lib['decode'] / ref['decode']:.2f}x; "
               f"peak RSS {lib['peak_rss_gb']:.2f} GB vs {ref['peak_rss_gb']:.2f} GB (bar 3.0 GB)")
         print(f"final latents: max |lib - torch| / max |torch| = {dl:.2e}; images differ by at most {di}/255 (bar 3)")
+    if "lib-bf16" in results:
+        b = results["lib-bf16"]
+        print(f"\nbf16: peak RSS {b['peak_rss_gb']:.2f} GB (bar 2.5 GB), s/step {np.median(b['steps']):.2f}")
+        if "lib" in results:
+            f = results["lib"]
+            mse = np.mean((b["images"].astype(np.float64) - f["images"].astype(np.float64)) ** 2)
+            psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+            print(f"bf16 vs f32: s/step {np.median(b['steps']) / np.median(f['steps']):.2f}x; image PSNR {psnr:.1f} dB "
+                  f"(bar 30 dB)")
 
 
 if __name__ == "__main__":

@@ -111,8 +111,8 @@ final class PackedPanels: @unchecked Sendable {
         let src = bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!
         let panels = padded / panel, blocks = (k + kc - 1) / kc
         if winograd {
-            // Each thread's widened kernels, set aside here (see gemm's slabs).
-            let per = k * 9
+            // Each thread's widened kernels (a panel's output channels), set aside here (see gemm's slabs).
+            let per = panel * k * 9
             let widened = FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
             parallelFor(panels, threads: threads) { q, slot in
                 packWinogradPanel(src, into: dst, q: q, padded: padded, g: widened.pointer + slot * per)
@@ -182,15 +182,16 @@ extension PackedPanels {
     /// kernel g (3 × 3, widened exactly) becomes U = G g Gᵀ with G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],
     /// U_ξ (ξ = 4 · row + column) going to matrix ξ at (ci, co): float32, or with `pairs` rounded
     /// to bf16 and paired along ci straight from the float32 transform (no float32 copy).
-    /// `g`: scratch for one output channel's k widened kernels (k · 9 floats).
+    /// `g`: scratch for the panel's widened kernels (panel · k · 9 floats). The lanes are the inner
+    /// loop, so each matrix is written `panel` values at a time (not one value per 16 matrices).
     fileprivate func packWinogradPanel(_ src: UnsafeRawPointer, into dst: UnsafeMutableRawPointer, q: Int, padded: Int,
                                        g: UnsafeMutablePointer<Float>) {
         let lanes = min(panel, width - q * panel), size = source.dtype.byteSize, per = k * 9
         let matrix = matrixBytes / 4  // elements (float32) or pairs (uint32) per matrix
         let f = dst.assumingMemoryBound(to: Float.self), w32 = dst.assumingMemoryBound(to: UInt32.self)
-        /// The 16 values of U for input channel ci of the lane's kernels.
-        @inline(__always) func transform(_ ci: Int) -> SIMD16<Float> {
-            let w = g + ci * 9
+        /// The 16 values of U for input channel ci of a lane's kernel (`at` = lane · k + ci).
+        @inline(__always) func transform(_ at: Int) -> SIMD16<Float> {
+            let w = g + at * 9
             // Rows of G g (4 × 3), then each row times Gᵀ.
             @inline(__always) func column(_ c: Int) -> SIMD4<Float> {
                 let a = w[c], b = w[3 + c], d = w[6 + c]
@@ -201,36 +202,35 @@ extension PackedPanels {
             return SIMD16(u0[0], u1[0], u2[0], u3[0], u0[1], u1[1], u2[1], u3[1],
                           u0[2], u1[2], u2[2], u3[2], u0[3], u1[3], u2[3], u3[3])
         }
-        for lane in 0..<panel {
-            if lane < lanes {
-                source.dtype.convert(src + (q * panel + lane) * per * size, count: per, to: g)
-            }
-            var k0 = 0
-            while k0 < k {
-                let depth = min(kc, k - k0)
-                if pairs {
-                    let base = w32 + k0 / 2 * padded + q * panel * ((depth + 1) / 2) + lane
-                    for p in 0..<((depth + 1) / 2) {
-                        let at = base + p * panel
+        source.dtype.convert(src + q * panel * per * size, count: lanes * per, to: g)
+        var k0 = 0
+        while k0 < k {
+            let depth = min(kc, k - k0)
+            if pairs {
+                let base = w32 + k0 / 2 * padded + q * panel * ((depth + 1) / 2)
+                for p in 0..<((depth + 1) / 2) {
+                    let ci = k0 + 2 * p
+                    for lane in 0..<panel {
+                        let at = base + p * panel + lane
                         guard lane < lanes else {
                             for xi in 0..<16 { at[xi * matrix] = 0 }
                             continue
                         }
-                        let ci = k0 + 2 * p
-                        let odd = 2 * p + 1 < depth ? transform(ci + 1) : SIMD16()
-                        let bits = bf16Round(transform(ci)) | bf16Round(odd) &<< 16
+                        let odd = 2 * p + 1 < depth ? transform(lane * k + ci + 1) : SIMD16()
+                        let bits = bf16Round(transform(lane * k + ci)) | bf16Round(odd) &<< 16
                         for xi in 0..<16 { at[xi * matrix] = bits[xi] }
                     }
-                } else {
-                    let base = f + k0 * padded + q * panel * depth + lane
-                    for kk in 0..<depth {
-                        let at = base + kk * panel
-                        let u = lane < lanes ? transform(k0 + kk) : SIMD16()
-                        for xi in 0..<16 { at[xi * matrix] = u[xi] }
+                }
+            } else {
+                let base = f + k0 * padded + q * panel * depth
+                for kk in 0..<depth {
+                    for lane in 0..<panel {
+                        let u = lane < lanes ? transform(lane * k + k0 + kk) : SIMD16()
+                        for xi in 0..<16 { base[kk * panel + lane + xi * matrix] = u[xi] }
                     }
                 }
-                k0 += depth
             }
+            k0 += depth
         }
     }
 }

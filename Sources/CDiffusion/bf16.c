@@ -20,7 +20,7 @@
 #define HAVE_X86 1
 #endif
 
-typedef void (*kernel_fn)(long, const uint32_t *, const uint32_t *, const uint32_t *, float *, float *, long, int);
+typedef void (*kernel_fn)(long, const uint32_t *, long, long, const uint32_t *, const uint32_t *, float *, float *, long, int);
 
 // ---- Emulation (any CPU) ----------------------------------------------------------------
 
@@ -30,8 +30,9 @@ static inline float hi_half(uint32_t v) { union { uint32_t u; float f; } x = { v
 #if HAVE_X86
 __attribute__((target("avx2,fma")))
 #endif
-static void emulated_tile(long kc2, const uint32_t *a, const uint32_t *b0, const uint32_t *b1, float *c0, float *c1,
-                          long ldc, int overwrite) {
+// A's pair p of row r at a[r * ars + p * aps] (packed panels: ars 1, aps 6; rows: ars lda, aps 1).
+static void emulated_tile(long kc2, const uint32_t *a, long ars, long aps, const uint32_t *b0, const uint32_t *b1,
+                          float *c0, float *c1, long ldc, int overwrite) {
     float acc[6][32];
     memset(acc, 0, sizeof acc);
     const int halves = b1 ? 2 : 1;
@@ -41,7 +42,7 @@ static void emulated_tile(long kc2, const uint32_t *a, const uint32_t *b0, const
 #endif
     for (long p = 0; p < kc2; p++) {
         for (int r = 0; r < 6; r++) {
-            const float ae = lo_half(a[6 * p + r]), ao = hi_half(a[6 * p + r]);
+            const float ae = lo_half(a[r * ars + p * aps]), ao = hi_half(a[r * ars + p * aps]);
             for (int h = 0; h < halves; h++) {
                 const uint32_t *b = (h ? b1 : b0) + 16 * p;
                 float *s = acc[r] + 16 * h;
@@ -79,19 +80,20 @@ BF16_TARGET static inline void finish(float *c, __m512 v, int overwrite) {
 
 // 6 × 32: twelve accumulators (the instruction's latency × throughput on Zen 4 wants ≥ 6), two
 // B vectors and six broadcasts per pair of k.
-BF16_TARGET static void native_tile(long kc2, const uint32_t *a, const uint32_t *b0, const uint32_t *b1, float *c0,
-                                    float *c1, long ldc, int overwrite) {
+BF16_TARGET static void native_tile(long kc2, const uint32_t *a, long ars, long aps, const uint32_t *b0,
+                                    const uint32_t *b1, float *c0, float *c1, long ldc, int overwrite) {
+    const uint32_t *a0 = a, *a1 = a + ars, *a2 = a + 2 * ars, *a3 = a + 3 * ars, *a4 = a + 4 * ars, *a5 = a + 5 * ars;
     if (!b1) {
         __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0;
         for (long p = 0; p < kc2; p++) {
             const __m512i b = _mm512_loadu_si512(b0 + 16 * p);
-            const uint32_t *ap = a + 6 * p;
-            s0 = dp(s0, _mm512_set1_epi32((int)ap[0]), b);
-            s1 = dp(s1, _mm512_set1_epi32((int)ap[1]), b);
-            s2 = dp(s2, _mm512_set1_epi32((int)ap[2]), b);
-            s3 = dp(s3, _mm512_set1_epi32((int)ap[3]), b);
-            s4 = dp(s4, _mm512_set1_epi32((int)ap[4]), b);
-            s5 = dp(s5, _mm512_set1_epi32((int)ap[5]), b);
+            const long o = p * aps;
+            s0 = dp(s0, _mm512_set1_epi32((int)a0[o]), b);
+            s1 = dp(s1, _mm512_set1_epi32((int)a1[o]), b);
+            s2 = dp(s2, _mm512_set1_epi32((int)a2[o]), b);
+            s3 = dp(s3, _mm512_set1_epi32((int)a3[o]), b);
+            s4 = dp(s4, _mm512_set1_epi32((int)a4[o]), b);
+            s5 = dp(s5, _mm512_set1_epi32((int)a5[o]), b);
         }
         finish(c0, s0, overwrite); finish(c0 + ldc, s1, overwrite); finish(c0 + 2 * ldc, s2, overwrite);
         finish(c0 + 3 * ldc, s3, overwrite); finish(c0 + 4 * ldc, s4, overwrite); finish(c0 + 5 * ldc, s5, overwrite);
@@ -101,13 +103,13 @@ BF16_TARGET static void native_tile(long kc2, const uint32_t *a, const uint32_t 
     __m512 s30 = s00, s31 = s00, s40 = s00, s41 = s00, s50 = s00, s51 = s00;
     for (long p = 0; p < kc2; p++) {
         const __m512i x0 = _mm512_loadu_si512(b0 + 16 * p), x1 = _mm512_loadu_si512(b1 + 16 * p);
-        const uint32_t *ap = a + 6 * p;
-        __m512i q = _mm512_set1_epi32((int)ap[0]); s00 = dp(s00, q, x0); s01 = dp(s01, q, x1);
-        q = _mm512_set1_epi32((int)ap[1]); s10 = dp(s10, q, x0); s11 = dp(s11, q, x1);
-        q = _mm512_set1_epi32((int)ap[2]); s20 = dp(s20, q, x0); s21 = dp(s21, q, x1);
-        q = _mm512_set1_epi32((int)ap[3]); s30 = dp(s30, q, x0); s31 = dp(s31, q, x1);
-        q = _mm512_set1_epi32((int)ap[4]); s40 = dp(s40, q, x0); s41 = dp(s41, q, x1);
-        q = _mm512_set1_epi32((int)ap[5]); s50 = dp(s50, q, x0); s51 = dp(s51, q, x1);
+        const long o = p * aps;
+        __m512i q = _mm512_set1_epi32((int)a0[o]); s00 = dp(s00, q, x0); s01 = dp(s01, q, x1);
+        q = _mm512_set1_epi32((int)a1[o]); s10 = dp(s10, q, x0); s11 = dp(s11, q, x1);
+        q = _mm512_set1_epi32((int)a2[o]); s20 = dp(s20, q, x0); s21 = dp(s21, q, x1);
+        q = _mm512_set1_epi32((int)a3[o]); s30 = dp(s30, q, x0); s31 = dp(s31, q, x1);
+        q = _mm512_set1_epi32((int)a4[o]); s40 = dp(s40, q, x0); s41 = dp(s41, q, x1);
+        q = _mm512_set1_epi32((int)a5[o]); s50 = dp(s50, q, x0); s51 = dp(s51, q, x1);
     }
     finish(c0, s00, overwrite); finish(c1, s01, overwrite);
     finish(c0 + ldc, s10, overwrite); finish(c1 + ldc, s11, overwrite);
@@ -153,25 +155,34 @@ int cdiffusion_bf16_cpu_has_instructions(void) {
 void cdiffusion_bf16_tile(long kc2, const uint32_t *a, const uint32_t *b0, const uint32_t *b1, float *c0, float *c1,
                           long ldc, int overwrite) {
     pthread_once(&chosen_once, choose);
-    chosen(kc2, a, b0, b1, c0, c1, ldc, overwrite);
+    chosen(kc2, a, 1, 6, b0, b1, c0, c1, ldc, overwrite);
 }
 
-void cdiffusion_bf16_tile_emulated(long kc2, const uint32_t *a, const uint32_t *b0, const uint32_t *b1, float *c0,
-                                   float *c1, long ldc, int overwrite) {
-    emulated_tile(kc2, a, b0, b1, c0, c1, ldc, overwrite);
+void cdiffusion_bf16_tile_rows(long kc2, const uint32_t *a, long lda, const uint32_t *b0, const uint32_t *b1, float *c0,
+                               float *c1, long ldc, int overwrite) {
+    pthread_once(&chosen_once, choose);
+    chosen(kc2, a, lda, 1, b0, b1, c0, c1, ldc, overwrite);
 }
 
-int cdiffusion_bf16_tile_native(long kc2, const uint32_t *a, const uint32_t *b0, const uint32_t *b1, float *c0,
-                                float *c1, long ldc, int overwrite) {
+void cdiffusion_bf16_tile_emulated(long kc2, const uint32_t *a, long lda, const uint32_t *b0, const uint32_t *b1,
+                                   float *c0, float *c1, long ldc, int overwrite) {
+    if (lda) emulated_tile(kc2, a, lda, 1, b0, b1, c0, c1, ldc, overwrite);
+    else emulated_tile(kc2, a, 1, 6, b0, b1, c0, c1, ldc, overwrite);
+}
+
+int cdiffusion_bf16_tile_native(long kc2, const uint32_t *a, long lda, const uint32_t *b0, const uint32_t *b1,
+                                float *c0, float *c1, long ldc, int overwrite) {
 #if HAVE_X86
     if (!cdiffusion_bf16_cpu_has_instructions()) return 0;
-    native_tile(kc2, a, b0, b1, c0, c1, ldc, overwrite);
+    if (lda) native_tile(kc2, a, lda, 1, b0, b1, c0, c1, ldc, overwrite);
+    else native_tile(kc2, a, 1, 6, b0, b1, c0, c1, ldc, overwrite);
     return 1;
 #else
-    (void)kc2; (void)a; (void)b0; (void)b1; (void)c0; (void)c1; (void)ldc; (void)overwrite;
+    (void)kc2; (void)a; (void)lda; (void)b0; (void)b1; (void)c0; (void)c1; (void)ldc; (void)overwrite;
     return 0;
 #endif
 }
+
 
 // ---- Conversion ---------------------------------------------------------------------------
 
@@ -214,5 +225,18 @@ void cdiffusion_bf16_pairs(const float *src, long kc, long panel, uint32_t *dst)
             pair_row(s + 2 * p * panel + j0, 2 * p + 1 < kc ? s + (2 * p + 1) * panel + j0 : NULL, n,
                      dst + p * panel + j0);
         }
+    }
+}
+
+void cdiffusion_bf16_rows(const float *src, long count, uint32_t *dst) {
+    const uint32_t *s = (const uint32_t *)(const void *)src;
+    long p = 0;
+    for (; 2 * p + 32 <= count; p += 16) {
+        uint32_t out[16];
+        for (int j = 0; j < 16; j++) out[j] = to_bf16(s[2 * p + 2 * j]) | to_bf16(s[2 * p + 2 * j + 1]) << 16;
+        memcpy(dst + p, out, 64);
+    }
+    for (; 2 * p < count; p++) {
+        dst[p] = to_bf16(s[2 * p]) | (2 * p + 1 < count ? to_bf16(s[2 * p + 1]) << 16 : 0);
     }
 }

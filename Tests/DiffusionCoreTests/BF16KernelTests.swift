@@ -59,10 +59,10 @@ private func bf16TileMatchesDefinition(_ t: TileCase) {
         }
         return out
     }
-    let emulated = run { cdiffusion_bf16_tile_emulated($0, $1, $2, $3, $4, $5, $6, $7) }
+    let emulated = run { cdiffusion_bf16_tile_emulated($0, $1, 0, $2, $3, $4, $5, $6, $7) }
     if cdiffusion_bf16_cpu_has_instructions() != 0 {
         var ran: Int32 = 0
-        let native = run { ran = cdiffusion_bf16_tile_native($0, $1, $2, $3, $4, $5, $6, $7) }
+        let native = run { ran = cdiffusion_bf16_tile_native($0, $1, 0, $2, $3, $4, $5, $6, $7) }
         #expect(ran == 1)
         #expect(native.map(\.bitPattern) == emulated.map(\.bitPattern), "\(t): vdpbf16ps and the emulation differ")
     } else {
@@ -70,6 +70,31 @@ private func bf16TileMatchesDefinition(_ t: TileCase) {
     }
     let dispatched = run { cdiffusion_bf16_tile($0, $1, $2, $3, $4, $5, $6, $7) }
     #expect(dispatched.map(\.bitPattern) == emulated.map(\.bitPattern))
+    // A as 6 rows in place (a linear layer's rounded input): the same bits as the packed panel.
+    let lda = t.pairs + 3
+    var rowsA = [UInt32](repeating: 0xFFFF_FFFF, count: 6 * lda)
+    for p in 0..<t.pairs { for r in 0..<6 { rowsA[r * lda + p] = a[6 * p + r] } }
+    func runRows(_ kernel: (Int, UnsafePointer<UInt32>, Int, UnsafePointer<UInt32>, UnsafePointer<UInt32>?,
+                            UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?, Int, Int32) -> Void) -> [Float] {
+        var out = c
+        rowsA.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                out.withUnsafeMutableBufferPointer { cp in
+                    kernel(t.pairs, ap.baseAddress!, lda, bp.baseAddress!, t.wide ? bp.baseAddress! + 16 * t.pairs : nil,
+                           cp.baseAddress!, t.wide ? cp.baseAddress! + 20 : nil, ldc, t.overwrite ? 1 : 0)
+                }
+            }
+        }
+        return out
+    }
+    #expect(runRows { cdiffusion_bf16_tile_emulated($0, $1, $2, $3, $4, $5, $6, $7, $8) }.map(\.bitPattern)
+            == emulated.map(\.bitPattern), "\(t): rows (emulated) differ from the packed panel")
+    #expect(runRows { cdiffusion_bf16_tile_rows($0, $1, $2, $3, $4, $5, $6, $7, $8) }.map(\.bitPattern)
+            == emulated.map(\.bitPattern), "\(t): rows (dispatched) differ from the packed panel")
+    if cdiffusion_bf16_cpu_has_instructions() != 0 {
+        #expect(runRows { _ = cdiffusion_bf16_tile_native($0, $1, $2, $3, $4, $5, $6, $7, $8) }.map(\.bitPattern)
+                == emulated.map(\.bitPattern), "\(t): rows (native) differ from the packed panel")
+    }
     guard !t.tiny else { return }
     // The definition, on normal values (no denormal arises: exponents stay near 1).
     var want = c

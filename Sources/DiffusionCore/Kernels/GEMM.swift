@@ -63,9 +63,9 @@ protocol PanelSource {
     var isPairs: Bool { get }
     /// The packed bf16-pair slab in place (when `isPairs`).
     func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>?
-    /// As `pack`, but rounded to bf16 pairs straight away (panels of ⌈kc / 2⌉ × panel uint32);
-    /// false when the source has no such packer (gemm then packs float32 and rounds the slab).
-    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool
+    /// As an A operand in the bf16 mode: rows of bf16 pairs read in place, pair (kk − k0) / 2 of row
+    /// l − l0 at p[(l − l0) · ld + (kk − k0) / 2] for the returned (p, ld) (`PairRowsSource`).
+    func pairRows(k0: Int, l0: Int) -> (UnsafePointer<UInt32>, Int)?
 }
 
 extension PanelSource {
@@ -73,7 +73,7 @@ extension PanelSource {
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { nil }
     var isPairs: Bool { false }
     func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>? { nil }
-    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool { false }
+    func pairRows(k0: Int, l0: Int) -> (UnsafePointer<UInt32>, Int)? { nil }
 }
 
 /// Depth of one packed slab: 6 × 256 floats of A (6 KB) and 16 × 256 of B (16 KB) stay in L1
@@ -135,7 +135,7 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
     // depend on which tiles happened to run at once.
     let mr = MicroKernel.rows, nr = MicroKernel.cols
     let bf16 = a.isPairs || b.isPairs
-    let packsA = bf16 ? !a.isPairs : a.rows(k0: 0, l0: 0) == nil && a.direct(k0: 0, kc: plan.kc, l0: 0, panel: mr) == nil
+    let packsA = bf16 ? !a.isPairs && a.pairRows(k0: 0, l0: 0) == nil : a.rows(k0: 0, l0: 0) == nil && a.direct(k0: 0, kc: plan.kc, l0: 0, panel: mr) == nil
     let packsB = bf16 ? !b.isPairs : b.direct(k0: 0, kc: plan.kc, l0: 0, panel: nr) == nil
     let perSlot = (packsA ? plan.aSlabFloats : 0) + (packsB ? plan.bSlabFloats : 0)
     let slots = parallelSlots(plan.jobs, threads: threads)
@@ -254,11 +254,12 @@ func initializeTile(_ out: GEMMOutput, bias: GEMMBias, row0: Int, rows: Int, col
         for r in row0..<(row0 + rows) {
             let dst = c + r * out.ldc
             switch bias {
-            case .rows(let b): dst.update(repeating: b[r], count: valid)
+            // At most 16 values per row: inline vector moves, not memset / memmove calls.
+            case .rows(let b): for j in 0..<valid { dst[j] = b[r] }
             case .columns(let b):
                 let seg = col / out.segmentColumns
-                dst.update(from: b + (col - seg * out.segmentColumns), count: valid)
-            default: dst.update(repeating: 0, count: valid)
+                copyShortRow(dst, b + (col - seg * out.segmentColumns), count: valid)
+            default: for j in 0..<valid { dst[j] = 0 }
             }
         }
     }
@@ -272,42 +273,6 @@ struct RowsSource: PanelSource {
 
     func rows(k0: Int, l0: Int) -> (UnsafePointer<Float>, Int)? { (base + l0 * ld + k0, ld) }
 
-    /// A row's elements k, k + 1 are adjacent: each is rounded in place (bf16 in the low half of
-    /// its 32 bits), and the low 32 bits of v | v >> 16 of their 64-bit lane v are the pair, 8 pairs
-    /// per vector.
-    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool {
-        let pairs = (kc + 1) / 2
-        var q = 0
-        while q * panel < width {
-            let first = l0 + q * panel, w = min(panel, width - q * panel)
-            let d = dst + q * panel * pairs
-            for r in 0..<panel {
-                if r >= w {
-                    for p in 0..<pairs { d[p * panel + r] = 0 }
-                    continue
-                }
-                let row = UnsafeRawPointer(base + (first + r) * ld + k0)
-                var p = 0
-                while 2 * p + 16 <= kc {
-                    let low = bf16Round(row.loadUnaligned(fromByteOffset: 8 * p, as: SIMD16<Float>.self))
-                    let v = unsafeBitCast(low, to: SIMD8<UInt64>.self)
-                    let words = SIMD8<UInt32>(truncatingIfNeeded: v | v &>> 16)
-                    for j in 0..<8 { d[(p + j) * panel + r] = words[j] }
-                    p += 8
-                }
-                let values = row.assumingMemoryBound(to: Float.self)
-                while p < pairs {
-                    let lo = UInt32(cdiffusion_bf16_round(values[2 * p]))
-                    let hi = 2 * p + 1 < kc ? UInt32(cdiffusion_bf16_round(values[2 * p + 1])) : 0
-                    d[p * panel + r] = lo | hi << 16
-                    p += 1
-                }
-            }
-            q += 1
-        }
-        return true
-    }
-
     func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
         var q = 0
         while q * panel < width {
@@ -320,6 +285,30 @@ struct RowsSource: PanelSource {
                 }
                 let row = base + (first + r) * ld + k0
                 for kk in 0..<kc { d[kk * panel + r] = row[kk] }
+            }
+            q += 1
+        }
+    }
+}
+
+/// Rows of bf16 pairs (a linear layer's input rounded once, `cdiffusion_bf16_rows`: row l, pair p
+/// at base[l · ld + p]) as gemm's A operand in the bf16 mode: the micro-kernel reads them in place.
+struct PairRowsSource: PanelSource {
+    let base: UnsafePointer<UInt32>
+    let ld: Int
+
+    func pairRows(k0: Int, l0: Int) -> (UnsafePointer<UInt32>, Int)? { (base + l0 * ld + k0 / 2, ld) }
+
+    /// The values as float32 panels (exact: they are bf16), for completeness; gemm reads the rows.
+    func pack(k0: Int, kc: Int, l0: Int, width: Int, panel: Int, into dst: UnsafeMutablePointer<Float>) {
+        var q = 0
+        while q * panel < width {
+            let first = l0 + q * panel, w = min(panel, width - q * panel)
+            for r in 0..<panel {
+                for kk in 0..<kc {
+                    let pair = r < w ? base[(first + r) * ld + (k0 + kk) / 2] : 0
+                    dst[q * panel * kc + kk * panel + r] = Float(bitPattern: (k0 + kk) % 2 == 0 ? pair << 16 : pair & 0xFFFF_0000)
+                }
             }
             q += 1
         }

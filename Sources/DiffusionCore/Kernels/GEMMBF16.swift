@@ -16,13 +16,18 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
     let zeroStart: Bool
     if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
     if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
+    // A partial row panel of an A read as rows, packed (zero past the last row).
+    withUnsafeTemporaryAllocation(of: UInt32.self, capacity: mr * ((kc + 1) / 2)) { edgeBuffer in
+    let edgePanel = edgeBuffer.baseAddress!
     var k0 = 0
     while k0 < k {
         let depth = min(kc, k - k0), pairs = (depth + 1) / 2
         let overwrite = zeroStart && k0 == 0
-        // Each operand's slab as (first panel, uint32 between panels).
-        let (ap, aStride) = pairSlab(a, k0: k0, depth: depth, l0: row0, width: rows, panel: mr, panels: rowPanels,
-                                     scratch: aScratch, held: &aSlab, kc: kc)
+        // Each operand's slab as (first panel, uint32 between panels), or A's rows in place.
+        let aRows = a.pairRows(k0: k0, l0: row0)
+        let (ap, aStride) = aRows != nil ? (UnsafePointer<UInt32>(bitPattern: 64)!, 0)
+            : pairSlab(a, k0: k0, depth: depth, l0: row0, width: rows, panel: mr, panels: rowPanels,
+                       scratch: aScratch, held: &aSlab, kc: kc)
         let (bp, bStride) = pairSlab(b, k0: k0, depth: depth, l0: col0, width: cols, panel: nr, panels: colPanels,
                                      scratch: bScratch, held: &bSlab, kc: kc)
         var jp = 0
@@ -33,18 +38,29 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
             let b0 = bp + jp * bStride, b1 = b0 + bStride
             for ip in 0..<rowPanels {
                 let r = ip * mr, height = min(mr, rows - r)
-                let at = ap + ip * aStride, rowOffset = (row0 + r) * out.ldc
+                var at = ap + ip * aStride, lda = 0  // lda > 0: A as rows
+                if let (base, ld) = aRows {
+                    if height == mr {
+                        at = base + r * ld; lda = ld
+                    } else {
+                        for p in 0..<pairs {
+                            for i in 0..<mr { edgePanel[p * mr + i] = i < height ? base[(r + i) * ld + p] : 0 }
+                        }
+                        at = UnsafePointer(edgePanel)
+                    }
+                }
+                let rowOffset = (row0 + r) * out.ldc
                 if height == mr && valid0 == nr && valid1 == nr {
-                    cdiffusion_bf16_tile(pairs, at, b0, b1, c0 + rowOffset, c1 + rowOffset, out.ldc, overwrite ? 1 : 0)
+                    tile(pairs, at, lda, b0, b1, c0 + rowOffset, c1 + rowOffset, out.ldc, overwrite)
                     continue
                 }
                 @inline(__always) func one(_ bq: UnsafePointer<UInt32>, _ c: UnsafeMutablePointer<Float>, _ valid: Int) {
                     guard valid > 0 else { return }
                     if height == mr && valid == nr {
-                        cdiffusion_bf16_tile(pairs, at, bq, nil, c + rowOffset, nil, out.ldc, overwrite ? 1 : 0)
+                        tile(pairs, at, lda, bq, nil, c + rowOffset, nil, out.ldc, overwrite)
                     } else {
-                        bf16EdgeTile(pairs: pairs, a: at, b: bq, c: c + rowOffset, ldc: out.ldc, rows: height, cols: valid,
-                                     overwrite: overwrite)
+                        bf16EdgeTile(pairs: pairs, a: at, lda: lda, b: bq, c: c + rowOffset, ldc: out.ldc, rows: height,
+                                     cols: valid, overwrite: overwrite)
                     }
                 }
                 one(b0, c0, valid0)
@@ -54,7 +70,19 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
         }
         k0 += depth
     }
+    }
     withExtendedLifetime((aSlab, bSlab)) {}
+}
+
+/// The micro-kernel on a packed A panel (lda 0) or on 6 rows of A (row stride lda).
+@inline(__always)
+private func tile(_ pairs: Int, _ a: UnsafePointer<UInt32>, _ lda: Int, _ b0: UnsafePointer<UInt32>, _ b1: UnsafePointer<UInt32>?,
+                  _ c0: UnsafeMutablePointer<Float>, _ c1: UnsafeMutablePointer<Float>?, _ ldc: Int, _ overwrite: Bool) {
+    if lda > 0 {
+        cdiffusion_bf16_tile_rows(pairs, a, lda, b0, b1, c0, c1, ldc, overwrite ? 1 : 0)
+    } else {
+        cdiffusion_bf16_tile(pairs, a, b0, b1, c0, c1, ldc, overwrite ? 1 : 0)
+    }
 }
 
 /// One operand's bf16-pair slab for k0 ..< k0 + depth: in place for a pair-packed weight, else
@@ -66,9 +94,6 @@ private func pairSlab<S: PanelSource>(_ s: S, k0: Int, depth: Int, l0: Int, widt
     if let p = s.pairSlab(k0: k0, kc: depth, l0: l0, panel: panel) { return (p, panel * ((depth + 1) / 2)) }
     let slab = slabPointer(scratch, &held, count: panels * panel * kc)
     let words = UnsafeMutableRawPointer(slab).assumingMemoryBound(to: UInt32.self)
-    if s.packPairs(k0: k0, kc: depth, l0: l0, width: width, panel: panel, into: words) {
-        return (UnsafePointer(words), panel * ((depth + 1) / 2))
-    }
     if let f = s.direct(k0: k0, kc: depth, l0: l0, panel: panel) {
         for q in 0..<panels { cdiffusion_bf16_pairs(f + q * panel * depth, depth, panel, words + q * panel * depth) }
     } else {
@@ -79,11 +104,11 @@ private func pairSlab<S: PanelSource>(_ s: S, k0: Int, depth: Int, l0: Int, widt
 }
 
 /// A tile at the edge of C (rows × cols of the 6 × 16 exist): computed whole into a temporary.
-private func bf16EdgeTile(pairs: Int, a: UnsafePointer<UInt32>, b: UnsafePointer<UInt32>, c: UnsafeMutablePointer<Float>,
-                          ldc: Int, rows: Int, cols: Int, overwrite: Bool) {
+private func bf16EdgeTile(pairs: Int, a: UnsafePointer<UInt32>, lda: Int, b: UnsafePointer<UInt32>,
+                          c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, cols: Int, overwrite: Bool) {
     withUnsafeTemporaryAllocation(of: Float.self, capacity: 6 * 16) { buffer in
         let t = buffer.baseAddress!
-        cdiffusion_bf16_tile(pairs, a, b, nil, t, nil, 16, 1)
+        tile(pairs, a, lda, b, nil, t, nil, 16, true)
         for r in 0..<rows {
             for j in 0..<cols { c[r * ldc + j] = overwrite ? t[r * 16 + j] : c[r * ldc + j] + t[r * 16 + j] }
         }

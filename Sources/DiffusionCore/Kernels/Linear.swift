@@ -1,3 +1,5 @@
+import CDiffusion
+
 /// torch.nn.Linear: y[m, out] = x[m, in] · W[out, in]^T + b, the weight as gemm's B panels in its
 /// stored dtype (`PackedPanels`).
 public struct Linear {
@@ -25,8 +27,27 @@ public struct Linear {
     public func apply(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, into y: UnsafeMutablePointer<Float>,
                       ldy: Int? = nil, threads: Int) {
         let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
-        let a = RowsSource(base: x, ld: ldx)
         let out = GEMMOutput(c: y, ldc: ldy, n: outFeatures)
+        if packed.pairs {
+            // bf16: the input rounded once into rows of pairs, which the micro-kernel reads in place.
+            let ldw = (inFeatures + 1) / 2
+            let words = FloatBuffer(count: max(1, rows * ldw))
+            let w = UnsafeMutableRawPointer(words.pointer).assumingMemoryBound(to: UInt32.self)
+            let chunk = max(1, 4096 / max(1, inFeatures))
+            parallelFor((rows + chunk - 1) / chunk, threads: threads) { c in
+                for r in (c * chunk)..<min(rows, (c + 1) * chunk) { cdiffusion_bf16_rows(x + r * ldx, inFeatures, w + r * ldw) }
+            }
+            let a = PairRowsSource(base: UnsafePointer(w), ld: ldw)
+            packed.withPanels(threads: threads) { b in
+                bias.withPointer { bp in
+                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
+                         wideColumns: true, threads: threads)
+                }
+            }
+            withExtendedLifetime(words) {}
+            return
+        }
+        let a = RowsSource(base: x, ld: ldx)
         packed.withPanels(threads: threads) { b in
             bias.withPointer { bp in
                 gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,

@@ -91,8 +91,10 @@ struct Im2colSource: PanelSource {
     /// row is one 16-float load with the lanes outside the image masked to zero.
     private var sameSize: Bool { stride == 1 && oh == h && ow == w }
 
+    /// `pairs`: write rows kk and kk + 1 rounded to bf16 as one row of pairs (d unused).
     @inline(__always)
-    private func packSameSize(_ d: UnsafeMutablePointer<Float>, kc: Int, k0: Int, p0: Int, n: Int, image: Int) {
+    private func packSameSize(_ d: UnsafeMutablePointer<Float>, kc: Int, k0: Int, p0: Int, n: Int, image: Int,
+                              pairs: UnsafeMutablePointer<UInt32>? = nil) {
         typealias I = SIMD16<Int32>
         let hw = h * w, before = image * c * hw, total = (image + 1) * c * hw
         let plane = x + before
@@ -112,6 +114,7 @@ struct Im2colSource: PanelSource {
                 m[kernel + t] = within(ox &+ I(repeating: Int32(t - padLeft)), w)
             }
             var ci = k0 / (kernel * kernel), ky = (k0 / kernel) % kernel, kx = k0 % kernel
+            var even = I()
             for kk in 0..<kc {
                 let mask = m[ky] & m[kernel + kx]
                 let start = ci * hw + p0 + (ky - padTop) * w + kx - padLeft
@@ -122,14 +125,50 @@ struct Im2colSource: PanelSource {
                     bits = I()
                     for j in 0..<16 where mask[j] != 0 { bits[j] = Int32(bitPattern: plane[start + j].bitPattern) }
                 }
-                UnsafeMutableRawPointer(d + kk * 16).storeBytes(of: bits, as: I.self)
+                if let pairs {
+                    if kk % 2 == 0 {
+                        even = bits
+                    } else {
+                        let word = bf16Round(unsafeBitCast(even, to: SIMD16<Float>.self))
+                            | bf16Round(unsafeBitCast(bits, to: SIMD16<Float>.self)) &<< 16
+                        UnsafeMutableRawPointer(pairs + kk / 2 * 16).storeBytes(of: word, as: SIMD16<UInt32>.self)
+                    }
+                } else {
+                    UnsafeMutableRawPointer(d + kk * 16).storeBytes(of: bits, as: I.self)
+                }
                 kx += 1
                 if kx == kernel {
                     kx = 0; ky += 1
                     if ky == kernel { ky = 0; ci += 1 }
                 }
             }
+            if let pairs, kc % 2 == 1 {
+                UnsafeMutableRawPointer(pairs + kc / 2 * 16).storeBytes(of: bf16Round(unsafeBitCast(even, to: SIMD16<Float>.self)),
+                                                                      as: SIMD16<UInt32>.self)
+            }
         }
+    }
+
+    /// bf16 pairs straight from the activation for same-size convolutions (3 × 3 with padding 1):
+    /// rows kk and kk + 1 of a panel are rounded and interleaved as they are loaded. Other shapes
+    /// take the float32 packing and a rounding pass.
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        guard sameSize, kernel > 1 else { return false }
+        let pairs = (kc + 1) / 2
+        var q = 0
+        while q * 16 < width {
+            let col = l0 + q * 16
+            let d = dst + q * 16 * pairs
+            let img = col / segment, p0 = col - img * segment
+            let n = min(16, width - q * 16, oh * ow - p0)
+            q += 1
+            guard n > 0 else {
+                d.update(repeating: 0, count: 16 * pairs)
+                continue
+            }
+            packSameSize(UnsafeMutablePointer(bitPattern: 64)!, kc: kc, k0: k0, p0: p0, n: n, image: img, pairs: d)
+        }
+        return true
     }
 
     @inline(never)

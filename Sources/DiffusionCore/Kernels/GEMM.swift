@@ -66,6 +66,9 @@ protocol PanelSource {
     /// As an A operand in the bf16 mode: rows of bf16 pairs read in place, pair (kk − k0) / 2 of row
     /// l − l0 at p[(l − l0) · ld + (kk − k0) / 2] for the returned (p, ld) (`PairRowsSource`).
     func pairRows(k0: Int, l0: Int) -> (UnsafePointer<UInt32>, Int)?
+    /// As `pack` with panels of 16, rounded to bf16 pairs as they are made (panels of ⌈kc / 2⌉ × 16
+    /// uint32); false when the source has no such packer (gemm then packs float32 and rounds).
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool
 }
 
 extension PanelSource {
@@ -74,6 +77,7 @@ extension PanelSource {
     var isPairs: Bool { false }
     func pairSlab(k0: Int, kc: Int, l0: Int, panel: Int) -> UnsafePointer<UInt32>? { nil }
     func pairRows(k0: Int, l0: Int) -> (UnsafePointer<UInt32>, Int)? { nil }
+    func packPairs(k0: Int, kc: Int, l0: Int, width: Int, into dst: UnsafeMutablePointer<UInt32>) -> Bool { false }
 }
 
 /// Depth of one packed slab: 6 × 256 floats of A (6 KB) and 16 × 256 of B (16 KB) stay in L1

@@ -94,6 +94,9 @@ private func pairSlab<S: PanelSource>(_ s: S, k0: Int, depth: Int, l0: Int, widt
     if let p = s.pairSlab(k0: k0, kc: depth, l0: l0, panel: panel) { return (p, panel * ((depth + 1) / 2)) }
     let slab = slabPointer(scratch, &held, count: panels * panel * kc)
     let words = UnsafeMutableRawPointer(slab).assumingMemoryBound(to: UInt32.self)
+    if panel == 16, s.packPairs(k0: k0, kc: depth, l0: l0, width: width, into: words) {
+        return (UnsafePointer(words), panel * ((depth + 1) / 2))
+    }
     if let f = s.direct(k0: k0, kc: depth, l0: l0, panel: panel) {
         for q in 0..<panels { cdiffusion_bf16_pairs(f + q * panel * depth, depth, panel, words + q * panel * depth) }
     } else {

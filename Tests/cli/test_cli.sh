@@ -325,4 +325,20 @@ grep -q "from $tmp/init.png at strength 0.5" "$tmp/out.txt" || fail "sd img2img 
 "$cli" generate --model "$sd/sd1" --prompt "a cat" --mask "$tmp/mask.png" --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
 [ $? -eq 64 ] || fail "--mask without --init: $(cat "$tmp/err.txt")"
 
+# --precision and --memory-limit
+out="$("$cli" info --model "$fixtures/plain" --precision bf16)" || fail "info --precision bf16 exited $?"
+grep -q "^precision:   bf16" <<<"$out" || fail "info does not report bf16: $out"
+"$cli" info --model "$fixtures/plain" --precision fp8 >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 64 ] && grep -q "precision" "$tmp/err.txt" || fail "--precision fp8: $(cat "$tmp/err.txt")"
+"$cli" generate --model "$fixtures/plain" --precision bf16 --steps 2 --output "$tmp/bf16.png" >/dev/null 2>&1 \
+    || fail "generate --precision bf16 exited $?"
+"$cli" info --model "$fixtures/plain" --memory-limit 1K >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 1 ] && [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] && grep -q "memory_limit" "$tmp/err.txt" \
+    || fail "--memory-limit 1K: $(cat "$tmp/err.txt")"
+"$cli" info --model "$fixtures/plain" --memory-limit 1G >/dev/null || fail "--memory-limit 1G exited $?"
+for bad in 0 -5 12X 99999999999999999999G; do
+    "$cli" info --model "$fixtures/plain" --memory-limit "$bad" >/dev/null 2>"$tmp/err.txt"
+    [ $? -eq 64 ] || fail "--memory-limit $bad was accepted: $(cat "$tmp/err.txt")"
+done
+
 if [ "$failures" -eq 0 ]; then echo "test_cli: ok"; else echo "test_cli: $failures failed"; exit 1; fi

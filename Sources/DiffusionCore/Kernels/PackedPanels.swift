@@ -24,7 +24,9 @@ import Synchronization
 /// layout above, one after the other. They are float32 (16/9 of the float32 weight), so they are
 /// kept only for float32 weights (where they replace a float32 packed copy); for F16 / BF16
 /// weights (SD checkpoints) they are made per call in pooled scratch, which keeps the model at 2
-/// bytes per weight (a kept copy added 0.4 GB to the SD1.5 UNet: 2.23 -> 2.63 GB peak).
+/// bytes per weight (a kept copy added 0.4 GB to the SD1.5 UNet: 2.23 -> 2.63 GB peak). As bf16
+/// pairs (below) U is half that and is kept: 4-5% of the bf16 UNet's time, with the same 2.34 GB
+/// peak for a 512² generation (the per-call scratch it replaces was in the plan too).
 ///
 /// `pairs` (the file's precision is bf16): the panels hold bfloat16 pairs instead, the operand
 /// layout of `cdiffusion_bf16_tile` — within a block, k rows 2p and 2p + 1 of a lane share one
@@ -64,9 +66,13 @@ final class PackedPanels: @unchecked Sendable {
         PackedView(storage: storage, dtype: dtype, pairs: pairs, k: k, panel: panel, kc: kc, paddedWidth: paddedWidth)
     }
 
+    /// Whether Winograd's U is made per call rather than kept: float32 U from F16 / BF16 weights.
+    /// bf16 pairs are kept (2 bytes × 16/9 per weight, freed with the mapped weight's pages).
+    private var madePerCall: Bool { winograd && source.dtype != .f32 && !pairs }
+
     /// Runs `body` with the packed panels (packing them first if needed, over `threads`).
     func withPanels<R>(threads: Int, _ body: (PackedView) -> R) -> R {
-        if winograd && source.dtype != .f32 {
+        if madePerCall {
             let scratch = FloatBuffer(count: (16 * matrixBytes + 3) / 4)
             let storage = UnsafeMutableRawPointer(scratch.pointer)
             pack(threads: threads, into: storage)
@@ -119,7 +125,7 @@ final class PackedPanels: @unchecked Sendable {
             }
             withExtendedLifetime(widened) {}
             // Made per call from F16 / BF16: the mapped weight stays resident (it is read again).
-            if source.dtype == .f32 { source.file.releasePages(bytes) }
+            if !madePerCall { source.file.releasePages(bytes) }
             return
         }
         if pairs {

@@ -1,4 +1,7 @@
+#define _GNU_SOURCE
 #include "cdiffusion_shim.h"
+
+#include <sched.h>
 
 #include <pthread.h>
 #include <stdio.h>
@@ -73,4 +76,11 @@ const char *cdiffusion_cpu_mismatch(void) {
 #else
     return NULL;
 #endif
+}
+
+int cdiffusion_affinity_cpus(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    return CPU_COUNT(&set);
 }

@@ -125,7 +125,7 @@ public func diffusion_model_predict(_ model: OpaquePointer!, _ x: UnsafePointer<
             throw invalid("out_count is \(outCount), expected \(expected) (batch x out_channels x height x width)")
         }
         try m.checkMemory(batch: n, height: h, width: w)
-        let input = Tensor(n: n, c: c.inChannels, h: h, w: w)
+        let input = try Tensor(n: n, c: c.inChannels, h: h, w: w)
         input.data.update(from: x, count: inCount)
         guard input.data.allFinite(inCount) else { throw invalid("x holds non-finite values") }
         let labels = classLabels.map { p in (0..<n).map { Int(p[$0]) } }

@@ -58,7 +58,7 @@ public func diffusion_model_vae_encode(_ model: OpaquePointer!, _ images: Unsafe
         let expected = n * m.info.latentChannels * (h / f) * (w / f)
         guard count == expected else { throw invalid("count is \(count), expected \(expected) (batch x latent_channels x height/\(f) x width/\(f))") }
         try m.checkMemory(batch: n, height: h / f, width: w / f)
-        let x = Tensor(n: n, c: 3, h: h, w: w)
+        let x = try Tensor(n: n, c: 3, h: h, w: w)
         x.data.update(from: images, count: inCount)
         guard x.data.allFinite(inCount) else { throw invalid("images hold non-finite values") }
         var generator = seed.map { TorchGenerator(seed: $0.pointee) }
@@ -79,7 +79,7 @@ public func diffusion_model_vae_decode(_ model: OpaquePointer!, _ latents: Unsaf
         let inCount = try elementCount([n, c, h, w], "latents")
         let expected = try elementCount([n, 3, h * f, w * f], "images")
         guard count == expected else { throw invalid("count is \(count), expected \(expected) (batch x 3 x height*\(f) x width*\(f))") }
-        let z = Tensor(n: n, c: c, h: h, w: w)
+        let z = try Tensor(n: n, c: c, h: h, w: w)
         z.data.update(from: latents, count: inCount)
         guard z.data.allFinite(inCount) else { throw invalid("latents hold non-finite values") }
         let y = try m.decode(z)
@@ -126,15 +126,15 @@ public func diffusion_model_predict_ex(_ model: OpaquePointer!, _ params: Unsafe
                 throw invalid("context is [\(n), \(tokens), \(width)]; expected [\(n), 1...4096 tokens, \(info.contextWidth)]")
             }
             let count = try elementCount([n, tokens, width], "context")
-            let states = Tokens(n: n, length: tokens, width: width)
+            let states = try Tokens(n: n, length: tokens, width: width)
             states.data.update(from: context, count: count)
             guard states.data.allFinite(count) else { throw invalid("context holds non-finite values") }
             conditioning.context = states
         }
         // x = [x_t | extra conditioning channels] as diffusers' UNet takes it.
         let latentC = info.latentChannels, extraC = info.inChannels - latentC
-        let xt = Tensor(n: n, c: latentC, h: h, w: w)
-        let extra = extraC > 0 ? Tensor(n: n, c: extraC, h: h, w: w) : nil
+        let xt = try Tensor(n: n, c: latentC, h: h, w: w)
+        let extra = extraC > 0 ? try Tensor(n: n, c: extraC, h: h, w: w) : nil
         let plane = h * w
         for i in 0..<n {
             (xt.data + i * latentC * plane).update(from: x + i * info.inChannels * plane, count: latentC * plane)
@@ -167,7 +167,7 @@ public func diffusion_sampler_set_prompt_embeddings(_ sampler: OpaquePointer!, _
         let expected = s.batch * tokens * width
         guard count == expected else { throw invalid("count is \(count), expected \(expected) (batch x context_length x context_width)") }
         func states(_ p: UnsafePointer<Float>) throws -> Tokens {
-            let t = Tokens(n: s.batch, length: tokens, width: width)
+            let t = try Tokens(n: s.batch, length: tokens, width: width)
             t.data.update(from: p, count: expected)
             guard t.data.allFinite(expected) else { throw invalid("embeddings hold non-finite values") }
             return t

@@ -121,7 +121,7 @@ func pixelTensor(_ s: Sampler, _ pixels: UnsafePointer<UInt8>, _ size: Int, _ wh
     guard size == n * one || size == one else {
         throw invalid("\(what) is \(size), expected \(n * one) (batch x height x width x channels of diffusion_sampler_image_shape) or \(one) (one image)")
     }
-    return tensor(fromPixels: pixels, n: size / one, channels: c, height: h, width: w)
+    return try tensor(fromPixels: pixels, n: size / one, channels: c, height: h, width: w)
 }
 
 @c @implementation

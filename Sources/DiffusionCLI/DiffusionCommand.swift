@@ -270,7 +270,7 @@ struct Generate: ParsableCommand {
         if let initImage {
             if text { progress.stage("encoding the image") }
             let x0 = try initSample(initImage, channels: imageChannels, height: imageHeight, width: imageWidth)
-            let image = Tensor(n: 1, c: imageChannels, h: imageHeight, w: imageWidth)
+            let image = try Tensor(n: 1, c: imageChannels, h: imageHeight, w: imageWidth)
             x0.withUnsafeBufferPointer { image.data.update(from: $0.baseAddress!, count: x0.count) }
             if let mask {
                 let m = try maskValues(mask, height: imageHeight, width: imageWidth)

@@ -58,10 +58,10 @@ import Testing
 
     /// A fake evaluation: temporaries of several sizes, each filled with a tag and checked before
     /// it is dropped (an overlap would overwrite a live block's tag); returns one escaping buffer.
-    static func evaluation(_ sizes: [Int], tag: Float) -> FloatBuffer {
+    static func evaluation(_ sizes: [Int], tag: Float) throws -> FloatBuffer {
         var live: [FloatBuffer] = []
         for (i, n) in sizes.enumerated() {
-            let b = FloatBuffer(count: n)
+            let b = try FloatBuffer(count: n)
             b.pointer.update(repeating: tag + Float(i), count: n)
             live.append(b)
             if live.count > 2 {
@@ -70,16 +70,16 @@ import Testing
                 #expect((0..<old.count).allSatisfy { old.pointer[$0] == expected }, "block \(i - 2) was overwritten")
             }
         }
-        let out = FloatBuffer(count: 100)
+        let out = try FloatBuffer(count: 100)
         out.pointer.update(repeating: tag, count: 100)
         return out
     }
 
-    @Test func replaysServeEveryTemporaryFromTheArena() {
+    @Test func replaysServeEveryTemporaryFromTheArena() throws {
         let arena = Arena()
         let sizes = [1000, 5000, 3000, 5000, 1000, 20000, 7]
         var outputs: [FloatBuffer] = []
-        for k in 0..<4 { outputs.append(arena.evaluate { Self.evaluation(sizes, tag: Float(100 * k)) }) }
+        for k in 0..<4 { outputs.append(try arena.evaluate { try Self.evaluation(sizes, tag: Float(100 * k)) }) }
         let s = arena.statistics
         #expect(s.evaluations == 4 && s.replayed == 3 && s.plans == 1 && !s.disabled)
         // Each replay: all 7 temporaries from the arena, the escaping output from the pool.
@@ -88,36 +88,36 @@ import Testing
         for (k, o) in outputs.enumerated() { #expect((0..<100).allSatisfy { o.pointer[$0] == Float(100 * k) }) }
     }
 
-    @Test func aDifferingEvaluationIsSafeAndReplanned() {
+    @Test func aDifferingEvaluationIsSafeAndReplanned() throws {
         let arena = Arena()
         let a = [1000, 5000, 3000, 5000, 1000], b = [1000, 5000, 4000, 2000, 9000, 1000]
-        _ = arena.evaluate { Self.evaluation(a, tag: 1) }
-        _ = arena.evaluate { Self.evaluation(b, tag: 2) }   // differs at its third block
-        _ = arena.evaluate { Self.evaluation(b, tag: 3) }   // replays the new plan
+        _ = try arena.evaluate { try Self.evaluation(a, tag: 1) }
+        _ = try arena.evaluate { try Self.evaluation(b, tag: 2) }   // differs at its third block
+        _ = try arena.evaluate { try Self.evaluation(b, tag: 3) }   // replays the new plan
         var s = arena.statistics
         #expect(s.plans == 2 && s.replayed == 1 && !s.disabled)
         // Evaluations that keep differing disable the arena; everything still works.
-        for k in 0..<6 { _ = arena.evaluate { Self.evaluation(k % 2 == 0 ? a : b, tag: Float(10 + k)) } }
+        for k in 0..<6 { _ = try arena.evaluate { try Self.evaluation(k % 2 == 0 ? a : b, tag: Float(10 + k)) } }
         s = arena.statistics
         #expect(s.disabled && s.plannedBytes == 0)
     }
 
-    @Test func aThrowingEvaluationKeepsThePlan() {
+    @Test func aThrowingEvaluationKeepsThePlan() throws {
         struct Stop: Error {}
         let arena = Arena()
         let sizes = [1000, 2000, 3000]
-        _ = arena.evaluate { Self.evaluation(sizes, tag: 1) }
-        #expect(throws: Stop.self) { try arena.evaluate { () throws -> Int in _ = FloatBuffer(count: 1000); throw Stop() } }
-        _ = arena.evaluate { Self.evaluation(sizes, tag: 2) }
+        _ = try arena.evaluate { try Self.evaluation(sizes, tag: 1) }
+        #expect(throws: Stop.self) { try arena.evaluate { () throws -> Int in _ = try FloatBuffer(count: 1000); throw Stop() } }
+        _ = try arena.evaluate { try Self.evaluation(sizes, tag: 2) }
         let s = arena.statistics
         #expect(s.plans == 1 && s.replayed == 1)
     }
 
-    @Test func parallelRegionsStayOutOfTheArena() {
+    @Test func parallelRegionsStayOutOfTheArena() throws {
         let arena = Arena()
         for _ in 0..<3 {
-            _ = arena.evaluate { () -> Int in
-                parallelFor(8, threads: 2) { _ in _ = FloatBuffer(count: 4096) }
+            _ = try arena.evaluate { () -> Int in
+                parallelFor(8, threads: 2) { _ in _ = try! FloatBuffer(count: 4096) }
                 return 0
             }
         }

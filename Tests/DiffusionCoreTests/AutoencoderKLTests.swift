@@ -14,7 +14,7 @@ import DiffusionCore
     static func tensor(_ t: (shape: [Int], values: [Double])?) throws -> Tensor {
         let t = try #require(t)
         try #require(t.shape.count == 4)
-        let x = Tensor(n: t.shape[0], c: t.shape[1], h: t.shape[2], w: t.shape[3])
+        let x = try Tensor(n: t.shape[0], c: t.shape[1], h: t.shape[2], w: t.shape[3])
         for i in 0..<x.count { x.data[i] = Float(t.values[i]) }
         return x
     }
@@ -144,16 +144,16 @@ import DiffusionCore
             _ = try vae.sample(mean: Tensor(n: 1, c: 4, h: 8, w: 8), logvar: Tensor(n: 1, c: 4, h: 8, w: 9), generator: &g)
         }
         // 4096² latents decode to 32768² pixels: hundreds of GB, refused before any work.
-        let huge = Tensor(n: 1, c: 4, h: 4096, w: 4096)
+        let huge = try Tensor(n: 1, c: 4, h: 4096, w: 4096)
         expectError(.outOfMemory, ["decoding", "GB"]) { _ = try vae.decode(huge, threads: 1) }
-        let z = Tensor(n: 1, c: 4, h: 8, w: 8)
+        let z = try Tensor(n: 1, c: 4, h: 8, w: 8)
         z.data.update(repeating: 0, count: z.count)
         expectError(.invalidArgument, ["tile latent size 0"]) { _ = try vae.decodeTiled(z, tileLatentSize: 0, threads: 1) }
         expectError(.invalidArgument, ["overlap"]) { _ = try vae.decodeTiled(z, overlapFactor: 1, threads: 1) }
         expectError(.invalidArgument, ["overlap"]) { _ = try vae.decodeTiled(z, overlapFactor: .nan, threads: 1) }
         expectError(.invalidArgument, ["do not advance"]) { _ = try vae.decodeTiled(z, tileLatentSize: 1, threads: 1) }
         // 97 pixels with tiles of 32 every 24 end in a 1-pixel tile (torch fails on it too).
-        let image = Tensor(n: 1, c: 3, h: 97, w: 64)
+        let image = try Tensor(n: 1, c: 3, h: 97, w: 64)
         image.data.update(repeating: 0, count: image.count)
         expectError(.invalidArgument, ["tiled encode", "height 97", "1 pixels"]) {
             _ = try vae.encodeTiled(image, tileSampleSize: 32, threads: 1)
@@ -246,7 +246,7 @@ import DiffusionCore
                     "mid_block_add_attention", "_class_name"]
         let values: [Any] = [NSNull(), -1, 0, 1, 3, 7, 1e9, 1e300, -1e300, 0.5, "x", [1], [Int](), [16, 16, 32],
                              ["DownEncoderBlock2D"], true, false, ["a": 1]]
-        let z = Tensor(n: 1, c: 4, h: 9, w: 9)
+        let z = try Tensor(n: 1, c: 4, h: 9, w: 9)
         z.data.update(repeating: 0.5, count: z.count)
         var loaded = 0
         for key in keys {

@@ -107,7 +107,7 @@ func convolutionMatchesDirectLoop(_ t: ConvCase, _ precision: Precision) throws 
                                                precision: precision),
                       bias: bias, cin: t.cin, cout: t.cout, kernel: t.kernel, stride: t.stride,
                       padTop: t.pads.0, padLeft: t.pads.1, padBottom: t.pads.2, padRight: t.pads.3)
-    let x = Tensor(n: t.n, c: t.cin, h: t.h, w: t.w)
+    let x = try Tensor(n: t.n, c: t.cin, h: t.h, w: t.w)
     let input = noise.values(x.count)
     x.data.update(from: input, count: x.count)
     let (oh, ow) = conv.outputSize(h: t.h, w: t.w)
@@ -145,9 +145,9 @@ func convolutionMatchesDirectLoop(_ t: ConvCase, _ precision: Precision) throws 
     var algorithms: [(Conv2d.Algorithm, Double)] = [(.im2col, bf16 ? 1e-2 : 1e-6)]
     if conv.usesWinograd(x, .winograd) { algorithms.append((.winograd, bf16 ? 1e-2 : 1e-5)) }
     for (algorithm, tolerance) in algorithms {
-        let one = conv.forward(x, threads: 1, algorithm: algorithm).copyToArray()
-        let two = conv.forward(x, threads: 2, algorithm: algorithm).copyToArray()
-        let three = conv.forward(x, threads: 3, algorithm: algorithm).copyToArray()
+        let one = try conv.forward(x, threads: 1, algorithm: algorithm).copyToArray()
+        let two = try conv.forward(x, threads: 2, algorithm: algorithm).copyToArray()
+        let three = try conv.forward(x, threads: 3, algorithm: algorithm).copyToArray()
         let error = relativeError(one, want)
         #expect(error <= tolerance, "\(t) \(algorithm) \(precision): relative error \(error)")
         if bf16 && algorithm == .im2col {
@@ -158,10 +158,10 @@ func convolutionMatchesDirectLoop(_ t: ConvCase, _ precision: Precision) throws 
         #expect(one.map(\.bitPattern) == three.map(\.bitPattern), "\(t) \(algorithm): 1 and 3 threads differ")
         // Released weights (a pipeline stage done with them) pack again on the next call.
         conv.weight.file.releaseResidentPages()
-        let again = conv.forward(x, threads: 2, algorithm: algorithm).copyToArray()
+        let again = try conv.forward(x, threads: 2, algorithm: algorithm).copyToArray()
         #expect(again.map(\.bitPattern) == one.map(\.bitPattern), "\(t) \(algorithm): repacked weights differ")
         if conv.usesWinograd(x) == (algorithm == .winograd) {
-            #expect(conv(x, threads: 2).copyToArray().map(\.bitPattern) == one.map(\.bitPattern), "\(t): automatic choice differs")
+            #expect(try conv(x, threads: 2).copyToArray().map(\.bitPattern) == one.map(\.bitPattern), "\(t): automatic choice differs")
         }
     }
 }
@@ -212,8 +212,8 @@ func linearMatchesDirectLoop(_ shape: (rows: Int, inFeatures: Int, outFeatures: 
     var outputs = [[Float]]()
     for threads in [1, 2] {
         var y = [Float](repeating: .nan, count: shape.rows * shape.outFeatures)
-        x.withUnsafeBufferPointer { xp in
-            y.withUnsafeMutableBufferPointer { linear.apply(xp.baseAddress!, rows: shape.rows, ldx: ldx, into: $0.baseAddress!, threads: threads) }
+        try x.withUnsafeBufferPointer { xp in
+            try y.withUnsafeMutableBufferPointer { try linear.apply(xp.baseAddress!, rows: shape.rows, ldx: ldx, into: $0.baseAddress!, threads: threads) }
         }
         outputs.append(y)
     }
@@ -258,7 +258,7 @@ private func referenceAttention(q: [Float], k: [Float], v: [Float], batch: Int, 
 /// head). An odd d and odd key counts exercise the pair padding.
 @Test(arguments: [(2, 3, 37, 200, 20, false), (1, 2, 77, 77, 40, true), (1, 1, 50, 13, 400, false), (2, 1, 16, 390, 8, true),
                   (1, 2, 30, 45, 13, false)], Precision.allCases)
-func attentionMatchesDirectLoop(_ c: (batch: Int, heads: Int, queries: Int, keys: Int, d: Int, causal: Bool), _ precision: Precision) {
+func attentionMatchesDirectLoop(_ c: (batch: Int, heads: Int, queries: Int, keys: Int, d: Int, causal: Bool), _ precision: Precision) throws {
     var noise = Noise(state: UInt64(c.queries * 31 + c.keys))
     let width = c.heads * c.d
     let q = noise.values(c.batch * c.queries * width).map { $0 * 3 }
@@ -268,8 +268,8 @@ func attentionMatchesDirectLoop(_ c: (batch: Int, heads: Int, queries: Int, keys
     var outputs = [[Float]]()
     for threads in [1, 2] {
         var out = [Float](repeating: .nan, count: c.batch * c.queries * width)
-        out.withUnsafeMutableBufferPointer { o in
-            attention(q: q, ldq: width, k: k, ldk: width, v: v, ldv: width, out: o.baseAddress!, ldo: width,
+        try out.withUnsafeMutableBufferPointer { o in
+            try attention(q: q, ldq: width, k: k, ldk: width, v: v, ldv: width, out: o.baseAddress!, ldo: width,
                       batch: c.batch, queries: c.queries, keys: c.keys, heads: c.heads, headDim: c.d,
                       causal: c.causal, precision: precision, threads: threads)
         }
@@ -284,25 +284,25 @@ func attentionMatchesDirectLoop(_ c: (batch: Int, heads: Int, queries: Int, keys
 }
 
 @Test(arguments: Precision.allCases)
-func spatialAttentionMatchesDirectLoop(_ precision: Precision) {
+func spatialAttentionMatchesDirectLoop(_ precision: Precision) throws {
     let (n, heads, d, h, w) = (2, 2, 24, 5, 9)
     let tokens = h * w, channels = heads * d
     var noise = Noise(state: 99)
-    let tensors = (0..<3).map { _ -> Tensor in
-        let t = Tensor(n: n, c: channels, h: h, w: w)
+    let tensors = try (0..<3).map { _ -> Tensor in
+        let t = try Tensor(n: n, c: channels, h: h, w: w)
         t.data.update(from: noise.values(t.count), count: t.count)
         return t
     }
     // Token-row copies of the channel-major tensors for the reference.
-    func rows(_ t: Tensor) -> [Float] {
+    func rows(_ t: Tensor) throws -> [Float] {
         var r = [Float](repeating: 0, count: t.count)
         for b in 0..<n { for ch in 0..<channels { for p in 0..<tokens { r[(b * tokens + p) * channels + ch] = t.data[(b * channels + ch) * tokens + p] } } }
         return r
     }
-    let want = referenceAttention(q: rows(tensors[0]), k: rows(tensors[1]), v: rows(tensors[2]), batch: n,
+    let want = referenceAttention(q: try rows(tensors[0]), k: try rows(tensors[1]), v: try rows(tensors[2]), batch: n,
                                   queries: tokens, keys: tokens, heads: heads, d: d, causal: false)
-    let out = spatialAttention(q: tensors[0], k: tensors[1], v: tensors[2], heads: heads, precision: precision, threads: 2)
-    let got = rows(out)
+    let out = try spatialAttention(q: tensors[0], k: tensors[1], v: tensors[2], heads: heads, precision: precision, threads: 2)
+    let got = try rows(out)
     let error = relativeError(got, want)
     #expect(error <= (precision == .bf16 ? 1e-2 : 1e-5), "spatial attention \(precision): relative error \(error)")
     if precision == .bf16 { #expect(error > 1e-4, "spatial attention: bf16 as exact as float32 (\(error)): not rounded?") }

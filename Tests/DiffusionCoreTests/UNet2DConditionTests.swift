@@ -15,14 +15,14 @@ import Testing
                                         weights: try folder.weights("unet", stem: "diffusion_pytorch_model"))
     }
 
-    static func tensor(_ t: (shape: [Int], values: [Double])) -> Tensor {
-        let x = Tensor(n: t.shape[0], c: t.shape[1], h: t.shape[2], w: t.shape[3])
+    static func tensor(_ t: (shape: [Int], values: [Double])) throws -> Tensor {
+        let x = try Tensor(n: t.shape[0], c: t.shape[1], h: t.shape[2], w: t.shape[3])
         for i in 0..<x.count { x.data[i] = Float(t.values[i]) }
         return x
     }
 
-    static func tokens(_ t: (shape: [Int], values: [Double])) -> Tokens {
-        let x = Tokens(n: t.shape[0], length: t.shape[1], width: t.shape[2])
+    static func tokens(_ t: (shape: [Int], values: [Double])) throws -> Tokens {
+        let x = try Tokens(n: t.shape[0], length: t.shape[1], width: t.shape[2])
         for i in 0..<x.count { x.data[i] = Float(t.values[i]) }
         return x
     }
@@ -31,11 +31,11 @@ import Testing
     func forwardMatchesDiffusers(_ pipeline: String) throws {
         let unet = try Self.load(pipeline)
         let io = try Fixtures.tensors("sd/refs/\(pipeline)/unet.safetensors")
-        let context = Self.tokens(try #require(io["context"]))
+        let context = try Self.tokens(try #require(io["context"]))
         var outputs: [[Float]] = []
         for threads in [1, 2] {
             for suffix in ["", "_frac"] {
-                let x = Self.tensor(try #require(io["x\(suffix)"]))
+                let x = try Self.tensor(try #require(io["x\(suffix)"]))
                 let t = try #require(io["t\(suffix)"]).values.map { Float($0) }
                 let expected = try #require(io["out\(suffix)"])
                 // x holds in_channels (x_t then the inpainting channels), as diffusers' UNet takes it.
@@ -43,8 +43,8 @@ import Testing
                 var cond = Conditioning(context: context)
                 var xt = x
                 if x.c > latent {
-                    xt = Tensor(n: x.n, c: latent, h: x.h, w: x.w)
-                    let extra = Tensor(n: x.n, c: x.c - latent, h: x.h, w: x.w)
+                    xt = try Tensor(n: x.n, c: latent, h: x.h, w: x.w)
+                    let extra = try Tensor(n: x.n, c: x.c - latent, h: x.h, w: x.w)
                     for n in 0..<x.n {
                         (xt.data + n * xt.c * x.hw).update(from: x.data + n * x.c * x.hw, count: xt.c * x.hw)
                         (extra.data + n * extra.c * x.hw).update(from: x.data + (n * x.c + latent) * x.hw, count: extra.c * x.hw)
@@ -93,14 +93,14 @@ import Testing
 
     @Test func refusesWrongConditioning() throws {
         let unet = try Self.load("sd1")
-        let x = Tensor(n: 1, c: 4, h: 8, w: 8)
+        let x = try Tensor(n: 1, c: 4, h: 8, w: 8)
         expectError(.invalidArgument, ["text states"]) { _ = try unet.predict(x, timesteps: [1], conditioning: .none, threads: 1) }
-        let wrong = Tokens(n: 1, length: 77, width: 31)
+        let wrong = try Tokens(n: 1, length: 77, width: 31)
         expectError(.invalidArgument, ["31"]) {
             _ = try unet.predict(x, timesteps: [1], conditioning: Conditioning(context: wrong), threads: 1)
         }
         let inpaint = try Self.load("sd1_inpaint")
-        let context = Tokens(n: 1, length: 77, width: 32)
+        let context = try Tokens(n: 1, length: 77, width: 32)
         expectError(.invalidArgument, ["9 input channels"]) {
             _ = try inpaint.predict(x, timesteps: [1], conditioning: Conditioning(context: context), threads: 1)
         }

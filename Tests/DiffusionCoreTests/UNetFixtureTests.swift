@@ -13,7 +13,7 @@ import DiffusionCore
         let x = try #require(io["x"]), t = try #require(io["t"]), expected = try #require(io["out"])
         for threads in [1, 2] {
             let model = try DiffusionModel(path: Fixtures.path("unet/\(name)"), threads: threads)
-            let input = Tensor(n: x.shape[0], c: x.shape[1], h: x.shape[2], w: x.shape[3])
+            let input = try Tensor(n: x.shape[0], c: x.shape[1], h: x.shape[2], w: x.shape[3])
             for i in 0..<input.count { input.data[i] = Float(x.values[i]) }
             let labels = io["class_labels"].map { $0.values.map { Int($0) } }
             let out = try model.predict(input, timesteps: t.values.map { Float($0) }, classLabels: labels)
@@ -31,7 +31,7 @@ import DiffusionCore
         var results: [[Float]] = []
         for threads in [1, 2, 3] {
             let model = try DiffusionModel(path: path, threads: threads)
-            let input = Tensor(n: x.shape[0], c: x.shape[1], h: x.shape[2], w: x.shape[3])
+            let input = try Tensor(n: x.shape[0], c: x.shape[1], h: x.shape[2], w: x.shape[3])
             for i in 0..<input.count { input.data[i] = Float(x.values[i]) }
             results.append(try model.predict(input, timesteps: [10, 500], classLabels: nil).copyToArray())
         }

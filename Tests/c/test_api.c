@@ -994,6 +994,65 @@ static void test_rlimit_budget(void) {
     }
 }
 
+/* An allocation the system refuses is an error, never an abort. With a caller's memory_limit far
+   above an RLIMIT_AS of 6 GB, the budget lets work through that the rlimit cannot hold:
+   - a predict at 8192² meets the rlimit inside the network (a 2.15 GB activation) and returns
+     OUT_OF_MEMORY naming the refused allocation;
+   - a sampler at 16384², whose latent-sized state lives in arrays, is refused at creation;
+   then the same model predicts and runs a small sampler. In a forked child. */
+static void test_allocation_failure(void) {
+#ifdef UNDER_SANITIZER
+    printf("    (allocation_failure not run under a sanitizer: it cannot live within an RLIMIT_AS)\n");
+    return;
+#endif
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); g_failures++; return; }
+    if (pid == 0) {
+        alarm(120);
+        struct rlimit r = {.rlim_cur = 6ull << 30, .rlim_max = RLIM_INFINITY};
+        if (setrlimit(RLIMIT_AS, &r) != 0) _exit(102);
+        diffusion_model_params mp;
+        diffusion_model_params_init(&mp, sizeof mp);
+        mp.memory_limit = 1ull << 40;
+        diffusion_model *m = NULL;
+        if (diffusion_model_load(fixture("plain"), &mp, &m) != DIFFUSION_OK) _exit(100);
+        const size_t side = 8192, count = 3 * side * side;
+        float *x = calloc(count, sizeof *x), *out = calloc(count, sizeof *out);
+        if (!x || !out) _exit(103);
+        float t = 10;
+        diffusion_status st = diffusion_model_predict(m, x, 1, 3, (int32_t)side, (int32_t)side, &t, NULL, out, count);
+        fprintf(stderr, "    (child: predict at 8192²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+        if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "refused an allocation")) _exit(101);
+        free(x);
+        free(out);
+        diffusion_sampler_params sp;
+        diffusion_sampler_params_init(&sp, sizeof sp);
+        sp.height = sp.width = 16384;
+        sp.steps = 1;
+        diffusion_sampler *s = NULL;
+        st = diffusion_sampler_create(m, &sp, &s);
+        fprintf(stderr, "    (child: sampler at 16384²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+        if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "sampler's state") || s) _exit(104);
+        float small[3 * 32 * 32] = {0}, small_out[3 * 32 * 32];
+        if (diffusion_model_predict(m, small, 1, 3, 32, 32, &t, NULL, small_out, 3 * 32 * 32) != DIFFUSION_OK) _exit(105);
+        sp.height = sp.width = 32;
+        if (diffusion_sampler_create(m, &sp, &s) != DIFFUSION_OK || diffusion_sampler_run(s, NULL, NULL) != DIFFUSION_OK) _exit(106);
+        diffusion_sampler_free(s);
+        diffusion_model_free(m);
+        _exit(0);
+    }
+    int wstatus = 0;
+    CHECK(waitpid(pid, &wstatus, 0) == pid);
+    g_checks++;
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+        char what[200];
+        snprintf(what, sizeof what, "allocations refused by RLIMIT_AS: %s %d (expected OUT_OF_MEMORY twice, then small work)",
+                 WIFSIGNALED(wstatus) ? "killed by signal" : "child exit", WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+        fail_at(__FILE__, __LINE__, what);
+    }
+}
+
 /* memory_limit: weights larger than the limit fail the load; work whose weights plus working
    memory exceed it fails with the numbers, and smaller work under the same limit runs. */
 static void test_memory_limit(void) {
@@ -1648,6 +1707,7 @@ int main(int argc, char **argv) {
         {"version_and_status", test_version_and_status},
         {"out_of_memory", test_out_of_memory},  /* forks: before any test starts threads */
         {"rlimit_budget", test_rlimit_budget},  /* forks too */
+        {"allocation_failure", test_allocation_failure},  /* forks too */
         {"last_error_per_thread", test_last_error_per_thread},
         {"null_arguments", test_null_arguments},
         {"handles", test_handles},

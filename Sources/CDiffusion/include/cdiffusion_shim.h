@@ -12,6 +12,9 @@ const char *cdiffusion_last_error(void);
 // else a message naming the first one missing (static storage).
 const char *cdiffusion_cpu_mismatch(void);
 
+// The CPUs in this process's affinity mask (taskset, cpusets), or 0 when it cannot be read.
+int cdiffusion_affinity_cpus(void);
+
 // A spin-wait hint (x86 `pause`), for the worker pool's short waits.
 static inline void cdiffusion_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)

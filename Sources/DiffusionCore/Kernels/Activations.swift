@@ -82,8 +82,8 @@ func geglu(_ x: UnsafePointer<Float>, rows: Int, width: Int, into out: UnsafeMut
 }
 
 /// NCHW → tokens [n, h·w, c].
-func tokens(from x: Tensor, threads: Int) -> Tokens {
-    let y = Tokens(n: x.n, length: x.hw, width: x.c)
+func tokens(from x: Tensor, threads: Int) throws -> Tokens {
+    let y = try Tokens(n: x.n, length: x.hw, width: x.c)
     let hw = x.hw, c = x.c
     parallelFor(x.n * c, threads: threads) { job in
         let img = job / c, ch = job % c
@@ -94,8 +94,8 @@ func tokens(from x: Tensor, threads: Int) -> Tokens {
 }
 
 /// tokens [n, h·w, c] → NCHW, adding `residual` (NCHW of the same shape) when given.
-func nchw(from t: Tokens, h: Int, w: Int, adding residual: Tensor?, threads: Int) -> Tensor {
-    let y = Tensor(n: t.n, c: t.width, h: h, w: w)
+func nchw(from t: Tokens, h: Int, w: Int, adding residual: Tensor?, threads: Int) throws -> Tensor {
+    let y = try Tensor(n: t.n, c: t.width, h: h, w: w)
     let hw = h * w, c = t.width
     parallelFor(t.n * c, threads: threads) { job in
         let img = job / c, ch = job % c

@@ -48,17 +48,17 @@ public struct Conv2d {
     /// y = conv(x) + bias as one GEMM: C [cout, pixels of every image] = W [cout, cin·k·k] ·
     /// im2col(x), where the im2col columns are made panel by panel as the GEMM packs them (never
     /// in full) and the weight is read in its stored dtype.
-    public func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
-        forward(x, threads: threads, algorithm: .automatic)
+    public func callAsFunction(_ x: Tensor, threads: Int) throws -> Tensor {
+        try forward(x, threads: threads, algorithm: .automatic)
     }
 
-    func forward(_ x: Tensor, threads: Int, algorithm: Algorithm) -> Tensor {
+    func forward(_ x: Tensor, threads: Int, algorithm: Algorithm) throws -> Tensor {
         precondition(x.c == cin, "conv input channels")
         let (oh, ow) = outputSize(h: x.h, w: x.w)
-        let y = Tensor(n: x.n, c: cout, h: oh, w: ow)
+        let y = try Tensor(n: x.n, c: cout, h: oh, w: ow)
         if usesWinograd(x, algorithm), let winograd {
-            winograd.withPanels(threads: threads) { u in
-                bias.withPointer { b in WinogradConv.run(x: x, y: y, u: u, bias: b, cin: cin, cout: cout, threads: threads) }
+            try winograd.withPanels(threads: threads) { u in
+                try bias.withPointer { b in try WinogradConv.run(x: x, y: y, u: u, bias: b, cin: cin, cout: cout, threads: threads) }
             }
             return y
         }
@@ -68,9 +68,9 @@ public struct Conv2d {
         let source = Im2colSource(x: UnsafePointer(x.data), c: cin, h: x.h, w: x.w, kernel: kernel, stride: stride,
                                   padTop: padTop, padLeft: padLeft, oh: oh, ow: ow, segment: segment)
         let out = GEMMOutput(c: y.data, ldc: ohw, segmentColumns: segment, segmentValid: ohw, segmentStride: cout * ohw)
-        packed.withPanels(threads: threads) { a in
-            bias.withPointer { b in
-                gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: b.map { .rows($0) } ?? .none, threads: threads)
+        try packed.withPanels(threads: threads) { a in
+            try bias.withPointer { b in
+                try gemm(m: cout, n: x.n * segment, k: kk, a: a, b: source, out: out, bias: b.map { .rows($0) } ?? .none, threads: threads)
             }
         }
         return y

@@ -14,9 +14,9 @@ func addScaled(_ x: Tensor, _ r: Tensor, scale: Float) {
 }
 
 /// Concatenates along channels: [a; b].
-func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
+func concatChannels(_ a: Tensor, _ b: Tensor) throws -> Tensor {
     precondition(a.n == b.n && a.h == b.h && a.w == b.w)
-    let y = Tensor(n: a.n, c: a.c + b.c, h: a.h, w: a.w)
+    let y = try Tensor(n: a.n, c: a.c + b.c, h: a.h, w: a.w)
     let sa = a.c * a.hw, sb = b.c * b.hw
     for i in 0..<a.n {
         (y.data + i * (sa + sb)).update(from: a.data + i * sa, count: sa)
@@ -26,8 +26,8 @@ func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
 }
 
 /// Nearest-neighbour 2x upsampling (F.interpolate(scale_factor=2, mode="nearest")).
-func upsampleNearest2x(_ x: Tensor) -> Tensor {
-    let y = Tensor(n: x.n, c: x.c, h: x.h * 2, w: x.w * 2)
+func upsampleNearest2x(_ x: Tensor) throws -> Tensor {
+    let y = try Tensor(n: x.n, c: x.c, h: x.h * 2, w: x.w * 2)
     let w = x.w, ow = x.w * 2
     for plane in 0..<(x.n * x.c) {
         let s = x.data + plane * x.hw
@@ -47,9 +47,9 @@ func upsampleNearest2x(_ x: Tensor) -> Tensor {
 
 /// Nearest-neighbour resize to h × w (F.interpolate(size=(h, w), mode="nearest"): source index
 /// floor(dst · in / out) in float32, as torch computes it).
-func upsampleNearest(_ x: Tensor, h oh: Int, w ow: Int) -> Tensor {
-    if oh == 2 * x.h && ow == 2 * x.w { return upsampleNearest2x(x) }
-    let y = Tensor(n: x.n, c: x.c, h: oh, w: ow)
+func upsampleNearest(_ x: Tensor, h oh: Int, w ow: Int) throws -> Tensor {
+    if oh == 2 * x.h && ow == 2 * x.w { return try upsampleNearest2x(x) }
+    let y = try Tensor(n: x.n, c: x.c, h: oh, w: ow)
     let sy = Float(x.h) / Float(oh), sx = Float(x.w) / Float(ow)
     let cols = (0..<ow).map { min(Int((Float($0) * sx).rounded(.down)), x.w - 1) }
     for plane in 0..<(x.n * x.c) {

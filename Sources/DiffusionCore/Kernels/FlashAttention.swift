@@ -22,7 +22,7 @@ struct HeadMatrix<P> {
 func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal: Bool, precision: Precision = .exact,
                     threads: Int,
                     head: (Int) -> (q: HeadMatrix<UnsafePointer<Float>>, k: HeadMatrix<UnsafePointer<Float>>,
-                                    v: HeadMatrix<UnsafePointer<Float>>, out: HeadMatrix<UnsafeMutablePointer<Float>>)) {
+                                    v: HeadMatrix<UnsafePointer<Float>>, out: HeadMatrix<UnsafeMutablePointer<Float>>)) throws {
     guard groups > 0, queries > 0, keys > 0, d > 0 else { return }
     typealias V16 = SIMD16<Float>
     let mr = MicroKernel.rows, nr = MicroKernel.cols
@@ -41,7 +41,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
 
     // K as A panels (6 keys × d, in gemm's d blocks) and V^T as A panels (6 features × each key
     // block's keys), per head.
-    let kPacked = FloatBuffer(count: groups * keysPad * d), vPacked = FloatBuffer(count: groups * keysPad * dPad)
+    let kPacked = try FloatBuffer(count: groups * keysPad * d), vPacked = try FloatBuffer(count: groups * keysPad * dPad)
     let keyBlocks = (keysPad + keyBlock - 1) / keyBlock
     parallelFor(groups * keyBlocks, threads: threads) { job in
         let g = job / keyBlocks, j0 = (job % keyBlocks) * keyBlock, kb = min(keyBlock, keysPad - j0)
@@ -88,7 +88,7 @@ func flashAttention(groups: Int, queries: Int, keys: Int, headDim d: Int, causal
     let maxPanels = (min(queryBlock, queries) + nr - 1) / nr
     let qtFloats = d * maxPanels * nr, sFloats = maxPanels * keyBlock * nr, oFloats = maxPanels * dPad * nr
     let perSlot = qtFloats + sFloats + oFloats
-    let tiles = FloatBuffer(count: parallelSlots(groups * queryBlocks, threads: threads) * perSlot)
+    let tiles = try FloatBuffer(count: parallelSlots(groups * queryBlocks, threads: threads) * perSlot)
     parallelFor(groups * queryBlocks, threads: threads) { job, slot in
         let g = job / queryBlocks, q0 = (job % queryBlocks) * queryBlock, nq = min(queryBlock, queries - q0)
         let (q, _, _, out) = head(g)

@@ -131,7 +131,7 @@ struct GEMMPlan {
 }
 
 func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, out: GEMMOutput,
-                                          bias: GEMMBias = .none, wideColumns: Bool = false, threads: Int) {
+                                          bias: GEMMBias = .none, wideColumns: Bool = false, threads: Int) throws {
     guard m > 0, n > 0 else { return }
     let plan = GEMMPlan(m: m, n: n, k: k, wideColumns: wideColumns)
     // The slabs of the operands packed per tile, one set per thread, taken here (in the sampler's
@@ -143,7 +143,7 @@ func gemm<A: PanelSource, B: PanelSource>(m: Int, n: Int, k: Int, a: A, b: B, ou
     let packsB = bf16 ? !b.isPairs : b.direct(k0: 0, kc: plan.kc, l0: 0, panel: nr) == nil
     let perSlot = (packsA ? plan.aSlabFloats : 0) + (packsB ? plan.bSlabFloats : 0)
     let slots = parallelSlots(plan.jobs, threads: threads)
-    let scratch = perSlot > 0 ? FloatBuffer(count: slots * perSlot) : nil
+    let scratch = perSlot > 0 ? try FloatBuffer(count: slots * perSlot) : nil
     parallelFor(plan.jobs, threads: threads) { job, slot in
         let base = scratch.map { $0.pointer + slot * perSlot }
         gemmTile(plan, job, a: a, b: b, out: out, bias: bias,
@@ -166,9 +166,9 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
     let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
     let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
     let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-    // Slabs only for operands that are not already packed float32: the caller's per-thread
-    // scratch, else taken from the pool once per tile (not per k block).
-    var aSlab: FloatBuffer?, bSlab: FloatBuffer?
+    // Slabs only for operands that are not already packed float32, in the caller's per-thread
+    // scratch (a tile allocates nothing: it runs on the workers, where a failure could not be
+    // reported).
     // C = A · B: the first k block writes C instead of adding to it (no zero fill).
     let zeroStart: Bool
     if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
@@ -182,12 +182,12 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         if aRows != nil {
             aPanels = UnsafePointer(bitPattern: 64)!  // unused: A is read in place
         } else if let p = a.direct(k0: k0, kc: depth, l0: row0, panel: mr) { aPanels = p } else {
-            let slab = slabPointer(aScratch, &aSlab, count: rowPanels * mr * kc)
+            let slab = slabPointer(aScratch)
             a.pack(k0: k0, kc: depth, l0: row0, width: rows, panel: mr, into: slab)
             aPanels = UnsafePointer(slab)
         }
         if let p = b.direct(k0: k0, kc: depth, l0: col0, panel: nr) { bPanels = p } else {
-            let slab = slabPointer(bScratch, &bSlab, count: colPanels * nr * kc)
+            let slab = slabPointer(bScratch)
             b.pack(k0: k0, kc: depth, l0: col0, width: cols, panel: nr, into: slab)
             bPanels = UnsafePointer(slab)
         }
@@ -235,16 +235,14 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         }
         k0 += depth
     }
-    withExtendedLifetime((aSlab, bSlab)) {}
 }
 
-/// A tile's slab: the caller's per-thread scratch, else a buffer taken once for the tile.
+/// A tile's slab: the caller's per-thread scratch (`GEMMPlan.aSlabFloats` / `bSlabFloats`),
+/// which every caller of a tile that packs an operand provides.
 @inline(__always)
-func slabPointer(_ scratch: UnsafeMutablePointer<Float>?, _ held: inout FloatBuffer?, count: Int) -> UnsafeMutablePointer<Float> {
-    if let scratch { return scratch }
-    let buffer = held ?? FloatBuffer(count: count)
-    held = buffer
-    return buffer.pointer
+func slabPointer(_ scratch: UnsafeMutablePointer<Float>?) -> UnsafeMutablePointer<Float> {
+    guard let scratch else { preconditionFailure("a gemm tile packs an operand but was given no scratch") }
+    return scratch
 }
 
 /// The tile's part of C before the first slab: zero or the bias (or left as is to accumulate).

@@ -12,7 +12,6 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
     let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
     let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
     let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-    var aSlab: FloatBuffer?, bSlab: FloatBuffer?
     let zeroStart: Bool
     if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
     if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
@@ -27,9 +26,9 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
         let aRows = a.pairRows(k0: k0, l0: row0)
         let (ap, aStride) = aRows != nil ? (UnsafePointer<UInt32>(bitPattern: 64)!, 0)
             : pairSlab(a, k0: k0, depth: depth, l0: row0, width: rows, panel: mr, panels: rowPanels,
-                       scratch: aScratch, held: &aSlab, kc: kc)
+                       scratch: aScratch)
         let (bp, bStride) = pairSlab(b, k0: k0, depth: depth, l0: col0, width: cols, panel: nr, panels: colPanels,
-                                     scratch: bScratch, held: &bSlab, kc: kc)
+                                     scratch: bScratch)
         var jp = 0
         while jp < colPanels {
             let (c0, valid0) = out.panel(col0 + jp * nr)
@@ -71,7 +70,6 @@ func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, 
         k0 += depth
     }
     }
-    withExtendedLifetime((aSlab, bSlab)) {}
 }
 
 /// The micro-kernel on a packed A panel (lda 0) or on 6 rows of A (row stride lda).
@@ -89,10 +87,9 @@ private func tile(_ pairs: Int, _ a: UnsafePointer<UInt32>, _ lda: Int, _ b0: Un
 /// packed as float32 into the tile's slab and rounded there, panel by panel, in place.
 @inline(__always)
 private func pairSlab<S: PanelSource>(_ s: S, k0: Int, depth: Int, l0: Int, width: Int, panel: Int, panels: Int,
-                                      scratch: UnsafeMutablePointer<Float>?, held: inout FloatBuffer?,
-                                      kc: Int) -> (UnsafePointer<UInt32>, Int) {
+                                      scratch: UnsafeMutablePointer<Float>?) -> (UnsafePointer<UInt32>, Int) {
     if let p = s.pairSlab(k0: k0, kc: depth, l0: l0, panel: panel) { return (p, panel * ((depth + 1) / 2)) }
-    let slab = slabPointer(scratch, &held, count: panels * panel * kc)
+    let slab = slabPointer(scratch)
     let words = UnsafeMutableRawPointer(slab).assumingMemoryBound(to: UInt32.self)
     if panel == 16, s.packPairs(k0: k0, kc: depth, l0: l0, width: width, into: words) {
         return (UnsafePointer(words), panel * ((depth + 1) / 2))

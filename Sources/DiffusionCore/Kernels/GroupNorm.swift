@@ -14,8 +14,8 @@ public struct GroupNorm {
         self.groups = groups; self.channels = channels; self.eps = eps; self.gamma = gamma; self.beta = beta
     }
 
-    public func callAsFunction(_ x: Tensor, silu: Bool = false, threads: Int) -> Tensor {
-        let y = Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
+    public func callAsFunction(_ x: Tensor, silu: Bool = false, threads: Int) throws -> Tensor {
+        let y = try Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
         let perGroup = channels / groups
         let hw = x.hw
         let len = perGroup * hw

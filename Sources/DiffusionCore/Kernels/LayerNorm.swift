@@ -25,8 +25,8 @@ public struct LayerNorm {
     }
 
     /// A new token tensor holding the normalised `x`.
-    public func callAsFunction(_ x: Tokens, threads: Int) -> Tokens {
-        let y = Tokens(n: x.n, length: x.length, width: x.width)
+    public func callAsFunction(_ x: Tokens, threads: Int) throws -> Tokens {
+        let y = try Tokens(n: x.n, length: x.length, width: x.width)
         apply(x.data, rows: x.n * x.length, into: y.data, threads: threads)
         return y
     }

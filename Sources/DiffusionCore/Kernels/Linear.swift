@@ -15,9 +15,9 @@ public struct Linear {
     }
 
     /// x: rows × inFeatures, row-major. Returns rows × outFeatures (single-threaded; for small inputs).
-    public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int) -> [Float] {
+    public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int) throws -> [Float] {
         var y = [Float](repeating: 0, count: rows * outFeatures)
-        y.withUnsafeMutableBufferPointer { apply(x, rows: rows, into: $0.baseAddress!, threads: 1) }
+        try y.withUnsafeMutableBufferPointer { try apply(x, rows: rows, into: $0.baseAddress!, threads: 1) }
         return y
     }
 
@@ -25,22 +25,22 @@ public struct Linear {
     /// one gemm with the weight read in its stored dtype (fixed tiles: any thread count gives the
     /// same bytes).
     public func apply(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, into y: UnsafeMutablePointer<Float>,
-                      ldy: Int? = nil, threads: Int) {
+                      ldy: Int? = nil, threads: Int) throws {
         let ldx = ldx ?? inFeatures, ldy = ldy ?? outFeatures
         let out = GEMMOutput(c: y, ldc: ldy, n: outFeatures)
         if packed.pairs {
             // bf16: the input rounded once into rows of pairs, which the micro-kernel reads in place.
             let ldw = (inFeatures + 1) / 2
-            let words = FloatBuffer(count: max(1, rows * ldw))
+            let words = try FloatBuffer(count: max(1, rows * ldw))
             let w = UnsafeMutableRawPointer(words.pointer).assumingMemoryBound(to: UInt32.self)
             let chunk = max(1, 4096 / max(1, inFeatures))
             parallelFor((rows + chunk - 1) / chunk, threads: threads) { c in
                 for r in (c * chunk)..<min(rows, (c + 1) * chunk) { cdiffusion_bf16_rows(x + r * ldx, inFeatures, w + r * ldw) }
             }
             let a = PairRowsSource(base: UnsafePointer(w), ld: ldw)
-            packed.withPanels(threads: threads) { b in
-                bias.withPointer { bp in
-                    gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
+            try packed.withPanels(threads: threads) { b in
+                try bias.withPointer { bp in
+                    try gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
                          wideColumns: true, threads: threads)
                 }
             }
@@ -48,9 +48,9 @@ public struct Linear {
             return
         }
         let a = RowsSource(base: x, ld: ldx)
-        packed.withPanels(threads: threads) { b in
-            bias.withPointer { bp in
-                gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
+        try packed.withPanels(threads: threads) { b in
+            try bias.withPointer { bp in
+                try gemm(m: rows, n: outFeatures, k: inFeatures, a: a, b: b, out: out, bias: bp.map { .columns($0) } ?? .none,
                      wideColumns: true, threads: threads)
             }
         }

@@ -71,18 +71,18 @@ final class PackedPanels: @unchecked Sendable {
     private var madePerCall: Bool { winograd && source.dtype != .f32 && !pairs }
 
     /// Runs `body` with the packed panels (packing them first if needed, over `threads`).
-    func withPanels<R>(threads: Int, _ body: (PackedView) -> R) -> R {
+    func withPanels<R>(threads: Int, _ body: (PackedView) throws -> R) throws -> R {
         if madePerCall {
-            let scratch = FloatBuffer(count: (16 * matrixBytes + 3) / 4)
+            let scratch = try FloatBuffer(count: (16 * matrixBytes + 3) / 4)
             let storage = UnsafeMutableRawPointer(scratch.pointer)
-            pack(threads: threads, into: storage)
-            return withExtendedLifetime(scratch) { body(view(storage)) }
+            try pack(threads: threads, into: storage)
+            return try withExtendedLifetime(scratch) { try body(view(storage)) }
         }
-        let storage = state.withLock { s -> UnsafeMutableRawPointer in
-            s.users += 1
-            if let p = s.storage { return p }
-            let p = pack(threads: threads)
+        let storage = try state.withLock { s -> UnsafeMutableRawPointer in
+            if let p = s.storage { s.users += 1; return p }
+            let p = try pack(threads: threads)
             s.storage = p
+            s.users += 1
             return p
         }
         defer {
@@ -91,7 +91,7 @@ final class PackedPanels: @unchecked Sendable {
                 if s.users == 0 && s.dropWanted { free(s.storage); s.storage = nil; s.dropWanted = false }
             }
         }
-        return body(view(storage))
+        return try body(view(storage))
     }
 
     /// Frees the packed copy now, or when its last current user is done.
@@ -101,17 +101,14 @@ final class PackedPanels: @unchecked Sendable {
         }
     }
 
-    private func pack(threads: Int) -> UnsafeMutableRawPointer {
+    private func pack(threads: Int) throws -> UnsafeMutableRawPointer {
         let matrices = winograd ? 16 : 1
-        var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, (max(1, matrices * matrixBytes) + 63) & ~63) != 0 || raw == nil {
-            fatalError("libdiffusion: out of memory packing a \(k) × \(width) weight")
-        }
-        pack(threads: threads, into: raw!)
-        return raw!
+        let raw = try checkedAllocation(bytes: (max(1, matrices * matrixBytes) + 63) & ~63, alignment: 64)
+        do { try pack(threads: threads, into: raw) } catch { free(raw); throw error }
+        return raw
     }
 
-    private func pack(threads: Int, into dst: UnsafeMutableRawPointer) {
+    private func pack(threads: Int, into dst: UnsafeMutableRawPointer) throws {
         let padded = paddedWidth, size = dtype.byteSize
         let bytes = source.file.rawBytes(source.info)
         let src = bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!
@@ -119,7 +116,7 @@ final class PackedPanels: @unchecked Sendable {
         if winograd {
             // Each thread's widened kernels (a panel's output channels), set aside here (see gemm's slabs).
             let per = panel * k * 9
-            let widened = FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
+            let widened = try FloatBuffer(count: parallelSlots(panels, threads: threads) * per)
             parallelFor(panels, threads: threads) { q, slot in
                 packWinogradPanel(src, into: dst, q: q, padded: padded, g: widened.pointer + slot * per)
             }
@@ -130,7 +127,7 @@ final class PackedPanels: @unchecked Sendable {
         }
         if pairs {
             let per = kc * panel
-            let widened = FloatBuffer(count: parallelSlots(blocks * panels, threads: threads) * per)
+            let widened = try FloatBuffer(count: parallelSlots(blocks * panels, threads: threads) * per)
             parallelFor(blocks * panels, threads: threads) { job, slot in
                 let k0 = (job / panels) * kc, q = job % panels, depth = min(kc, k - k0)
                 let t = widened.pointer + slot * per

@@ -14,24 +14,24 @@ public final class FloatBuffer {
     private let ticket: Arena.Ticket?
 
     /// `pooled: false` for long-lived storage (weights), which goes straight back to the system.
-    public init(count: Int, pooled: Bool = true) {
+    public init(count: Int, pooled: Bool = true) throws {
         self.count = count
         self.pooled = pooled
         let bytes = (max(count, 1) * MemoryLayout<Float>.stride + 63) & ~63
         self.bytes = bytes
         let raw: UnsafeMutableRawPointer
         if pooled, let arena = Arena.current {
-            (raw, ticket) = arena.take(bytes: bytes)
+            (raw, ticket) = try arena.take(bytes: bytes)
         } else {
-            raw = BufferPool.shared.take(bytes: bytes, reuse: pooled)
+            raw = try BufferPool.shared.take(bytes: bytes, reuse: pooled)
             ticket = nil
         }
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
     /// Long-lived storage holding `values`.
-    public convenience init(_ values: [Float]) {
-        self.init(count: values.count, pooled: false)
+    public convenience init(_ values: [Float]) throws {
+        try self.init(count: values.count, pooled: false)
         values.withUnsafeBufferPointer { src in
             if let base = src.baseAddress { pointer.update(from: base, count: values.count) }
         }
@@ -58,17 +58,28 @@ public final class BufferPool: @unchecked Sendable {
     public static let limit = 256 << 20
     public static let largestBlock = 32 << 20
 
-    func take(bytes: Int, reuse: Bool) -> UnsafeMutableRawPointer {
+    /// A block of `bytes`, 64-byte aligned. When the system refuses, the pool's free blocks are
+    /// released and it is asked once more; then OUT_OF_MEMORY is thrown (never an abort).
+    func take(bytes: Int, reuse: Bool) throws -> UnsafeMutableRawPointer {
         if reuse, let p = lock.withLock({ state -> UnsafeMutableRawPointer? in
             guard let p = state.free[bytes]?.popLast() else { return nil }
             state.held -= bytes
             return p
         }) { return p }
-        var raw: UnsafeMutableRawPointer?
-        if posix_memalign(&raw, 64, bytes) != 0 || raw == nil {
-            fatalError("libdiffusion: out of memory allocating \(bytes) bytes")
+        if let p = try? checkedAllocation(bytes: bytes, alignment: 64) { return p }
+        releaseHeld()
+        return try checkedAllocation(bytes: bytes, alignment: 64)
+    }
+
+    /// Frees every block the pool holds.
+    func releaseHeld() {
+        let blocks = lock.withLock { state -> [UnsafeMutableRawPointer] in
+            let all = state.free.values.flatMap { $0 }
+            state.free = [:]
+            state.held = 0
+            return all
         }
-        return raw!
+        for p in blocks { free(p) }
     }
 
     func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
@@ -82,14 +93,33 @@ public final class BufferPool: @unchecked Sendable {
     }
 }
 
+/// `bytes` (at least 1) aligned to `alignment` from the system, or OUT_OF_MEMORY naming the size:
+/// the one path every large allocation takes, so a refusal is an error and never an abort.
+func checkedAllocation(bytes: Int, alignment: Int) throws -> UnsafeMutableRawPointer {
+    var raw: UnsafeMutableRawPointer?
+    guard bytes >= 0, posix_memalign(&raw, alignment, max(bytes, 1)) == 0, let raw else {
+        throw DiffusionError(.outOfMemory, "the system refused an allocation of \(MemoryBudget.gigabytes(Double(max(bytes, 0)))) (\(bytes) bytes)")
+    }
+    return raw
+}
+
+/// Asks the system for `bytes` and gives them back: for state kept in Swift arrays (a sampler's
+/// latent-sized scheduler state), whose allocation cannot fail softly, so that a refusal is an
+/// OUT_OF_MEMORY at creation rather than an abort later.
+func probeAllocation(bytes: Int, _ what: String) throws {
+    do { free(try checkedAllocation(bytes: bytes, alignment: 64)) } catch let e as DiffusionError {
+        throw DiffusionError(.outOfMemory, "\(what): \(e.message)")
+    }
+}
+
 /// A float32 NCHW tensor. Value semantics are not provided: kernels write into fresh tensors.
 public struct Tensor {
     public let buffer: FloatBuffer
     public let n: Int, c: Int, h: Int, w: Int
 
-    public init(n: Int, c: Int, h: Int, w: Int) {
+    public init(n: Int, c: Int, h: Int, w: Int) throws {
         self.n = n; self.c = c; self.h = h; self.w = w
-        buffer = FloatBuffer(count: n * c * h * w)
+        buffer = try FloatBuffer(count: n * c * h * w)
     }
 
     public var count: Int { n * c * h * w }
@@ -106,9 +136,9 @@ public struct Tokens {
     public let buffer: FloatBuffer
     public let n: Int, length: Int, width: Int
 
-    public init(n: Int, length: Int, width: Int) {
+    public init(n: Int, length: Int, width: Int) throws {
         self.n = n; self.length = length; self.width = width
-        buffer = FloatBuffer(count: n * length * width)
+        buffer = try FloatBuffer(count: n * length * width)
     }
 
     public var count: Int { n * length * width }
@@ -120,8 +150,8 @@ public struct Tokens {
     }
 
     /// [a; b] along the batch (a and b of the same length and width).
-    public static func concatenated(_ parts: [Tokens]) -> Tokens {
-        let y = Tokens(n: parts.reduce(0) { $0 + $1.n }, length: parts[0].length, width: parts[0].width)
+    public static func concatenated(_ parts: [Tokens]) throws -> Tokens {
+        let y = try Tokens(n: parts.reduce(0) { $0 + $1.n }, length: parts[0].length, width: parts[0].width)
         var offset = 0
         for p in parts {
             (y.data + offset).update(from: p.data, count: p.count)
@@ -131,8 +161,8 @@ public struct Tokens {
     }
 
     /// Sample `i` repeated `times` times, for every i (torch's repeat_interleave over the batch).
-    public func repeatingEach(_ times: Int) -> Tokens {
-        let y = Tokens(n: n * times, length: length, width: width)
+    public func repeatingEach(_ times: Int) throws -> Tokens {
+        let y = try Tokens(n: n * times, length: length, width: width)
         let per = length * width
         for i in 0..<n { for r in 0..<times { (y.data + (i * times + r) * per).update(from: data + i * per, count: per) } }
         return y
@@ -141,8 +171,8 @@ public struct Tokens {
 
 extension Tensor {
     /// The tensors stacked along the batch (same c, h, w).
-    public static func concatenatedBatch(_ parts: [Tensor]) -> Tensor {
-        let y = Tensor(n: parts.reduce(0) { $0 + $1.n }, c: parts[0].c, h: parts[0].h, w: parts[0].w)
+    public static func concatenatedBatch(_ parts: [Tensor]) throws -> Tensor {
+        let y = try Tensor(n: parts.reduce(0) { $0 + $1.n }, c: parts[0].c, h: parts[0].h, w: parts[0].w)
         var offset = 0
         for p in parts {
             (y.data + offset).update(from: p.data, count: p.count)
@@ -155,8 +185,8 @@ extension Tensor {
 extension Optional where Wrapped == [Float] {
     /// The array's storage (nil when there is no array) for the duration of `body`: a layer's
     /// optional bias handed to a kernel.
-    func withPointer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
-        guard let array = self else { return body(nil) }
-        return array.withUnsafeBufferPointer { body($0.baseAddress) }
+    func withPointer<R>(_ body: (UnsafePointer<Float>?) throws -> R) rethrows -> R {
+        guard let array = self else { return try body(nil) }
+        return try array.withUnsafeBufferPointer { try body($0.baseAddress) }
     }
 }

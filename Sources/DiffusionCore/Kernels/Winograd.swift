@@ -37,7 +37,7 @@ enum WinogradConv {
     static let chunkBytes = 4 << 20
 
     /// y [n, cout, h, w] = conv(x [n, cin, h, w]) + bias, with `u` the layer's 16 packed U matrices.
-    static func run(x: Tensor, y: Tensor, u: PackedView, bias: UnsafePointer<Float>?, cin: Int, cout: Int, threads: Int) {
+    static func run(x: Tensor, y: Tensor, u: PackedView, bias: UnsafePointer<Float>?, cin: Int, cout: Int, threads: Int) throws {
         let h = x.h, w = x.w, th = h / 2, tw = w / 2
         let tileRows = x.n * th
         // A chunk's V and M take 64 bytes per (channel, tile).
@@ -46,7 +46,7 @@ enum WinogradConv {
         let rowStep = tw % 16 == 0 ? 1 : 2
         let chunkRows = min(tileRows, max(rowStep, wantTiles / tw / rowStep * rowStep))
         let maxTiles = chunkRows * tw
-        let v = FloatBuffer(count: 16 * cin * maxTiles), m = FloatBuffer(count: 16 * cout * maxTiles)
+        let v = try FloatBuffer(count: 16 * cin * maxTiles), m = try FloatBuffer(count: 16 * cout * maxTiles)
         var r0 = 0
         while r0 < tileRows {
             let rows = min(chunkRows, tileRows - r0), tiles = rows * tw
@@ -61,13 +61,18 @@ enum WinogradConv {
             // M_ξ = U_ξ · V_ξ, 16 gemms as one set of tiles.
             let plan = GEMMPlan(m: cout, n: tiles, k: cin, problems: 16)
             let kc = gemmDepth(cin)
-            parallelFor(16 * plan.jobs, threads: threads) { job in
+            // bf16: V is rounded to pairs per tile into a slab of the thread's scratch.
+            let slab = u.pairs ? plan.bSlabFloats : 0
+            let scratch = slab > 0 ? try FloatBuffer(count: parallelSlots(16 * plan.jobs, threads: threads) * slab) : nil
+            parallelFor(16 * plan.jobs, threads: threads) { job, slot in
                 let xi = job / plan.jobs
                 let b = PackedView(storage: UnsafeMutableRawPointer(v.pointer + xi * cin * tiles), dtype: .f32, k: cin,
                                    panel: MicroKernel.cols, kc: kc, paddedWidth: tiles)
                 let out = GEMMOutput(c: m.pointer + xi * cout * tiles, ldc: tiles, n: tiles)
-                gemmTile(plan, job % plan.jobs, a: u.matrix(xi), b: b, out: out, bias: .none)
+                gemmTile(plan, job % plan.jobs, a: u.matrix(xi), b: b, out: out, bias: .none,
+                         bScratch: scratch.map { $0.pointer + slot * slab })
             }
+            withExtendedLifetime(scratch) {}
             // Aᵀ M A (+ bias) into the output pixels.
             parallelFor(cout * rows, threads: threads) { job in
                 let co = job / rows, r = job % rows

@@ -56,19 +56,19 @@ public final class AutoencoderKL {
         try checkImage(image)
         try checkMemory(encodeWorkingSetBytes(height: image.h, width: image.w, batch: image.n, threads: threads),
                         "encoding \(image.n) image(s) of \(image.h)x\(image.w)")
-        return posterior(moments(image, threads: threads))
+        return try posterior(moments(image, threads: threads))
     }
 
     /// encoder (+ quant_conv): [n, 2·latent, h', w'].
-    func moments(_ image: Tensor, threads: Int) -> Tensor {
-        let h = encoder(image, threads: threads)
-        return quantConv.map { $0(h, threads: threads) } ?? h
+    func moments(_ image: Tensor, threads: Int) throws -> Tensor {
+        let h = try encoder(image, threads: threads)
+        return try quantConv.map { try $0(h, threads: threads) } ?? h
     }
 
     /// Splits moments into mean and clamped logvar (torch.chunk(2, dim=1), torch.clamp: NaN stays NaN).
-    func posterior(_ m: Tensor) -> (mean: Tensor, logvar: Tensor) {
+    func posterior(_ m: Tensor) throws -> (mean: Tensor, logvar: Tensor) {
         let lc = m.c / 2, plane = lc * m.hw
-        let mean = Tensor(n: m.n, c: lc, h: m.h, w: m.w), logvar = Tensor(n: m.n, c: lc, h: m.h, w: m.w)
+        let mean = try Tensor(n: m.n, c: lc, h: m.h, w: m.w), logvar = try Tensor(n: m.n, c: lc, h: m.h, w: m.w)
         for i in 0..<m.n {
             (mean.data + i * plane).update(from: m.data + 2 * i * plane, count: plane)
             let src = m.data + (2 * i + 1) * plane, dst = logvar.data + i * plane
@@ -86,7 +86,7 @@ public final class AutoencoderKL {
         guard mean.n == logvar.n, mean.c == logvar.c, mean.h == logvar.h, mean.w == logvar.w else {
             throw DiffusionError(.invalidArgument, "mean [\(mean.n), \(mean.c), \(mean.h), \(mean.w)] and logvar [\(logvar.n), \(logvar.c), \(logvar.h), \(logvar.w)] differ in shape")
         }
-        let out = Tensor(n: mean.n, c: mean.c, h: mean.h, w: mean.w)
+        let out = try Tensor(n: mean.n, c: mean.c, h: mean.h, w: mean.w)
         generator.fillNormal(UnsafeMutableBufferPointer(start: out.data, count: out.count))
         let m = mean.data, l = logvar.data, o = out.data
         for j in 0..<out.count {
@@ -104,12 +104,12 @@ public final class AutoencoderKL {
         try checkLatents(z)
         try checkMemory(decodeWorkingSetBytes(height: z.h, width: z.w, batch: z.n, threads: threads),
                         "decoding \(z.n) latent(s) of \(z.h)x\(z.w)")
-        return decodeUnchecked(z, threads: threads)
+        return try decodeUnchecked(z, threads: threads)
     }
 
-    func decodeUnchecked(_ z: Tensor, threads: Int) -> Tensor {
-        let h = postQuantConv.map { $0(z, threads: threads) } ?? z
-        return decoder(h, threads: threads)
+    func decodeUnchecked(_ z: Tensor, threads: Int) throws -> Tensor {
+        let h = try postQuantConv.map { try $0(z, threads: threads) } ?? z
+        return try decoder(h, threads: threads)
     }
 
     // MARK: - Argument checks

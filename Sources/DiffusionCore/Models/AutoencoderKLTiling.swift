@@ -25,9 +25,9 @@ extension AutoencoderKL {
         let tile = decodeWorkingSetBytes(height: min(z.h, latentTile), width: min(z.w, latentTile), batch: z.n, threads: threads)
         let kept = 4 * Double(z.n * config.outChannels) * (Double(z.h * f) * Double(z.w * f) + 2 * Double(sampleTile) * Double(z.w * f))
         try checkMemory(tile + kept, "decoding \(z.n) latent(s) of \(z.h)x\(z.w) in tiles of \(latentTile)")
-        guard z.h > latentTile || z.w > latentTile else { return decodeUnchecked(z, threads: threads) }
-        return tiled(z, inTile: latentTile, outTile: sampleTile, overlap: overlapFactor,
-                     outChannels: config.outChannels, outSize: { $0 * f }) { decodeUnchecked($0, threads: threads) }
+        guard z.h > latentTile || z.w > latentTile else { return try decodeUnchecked(z, threads: threads) }
+        return try tiled(z, inTile: latentTile, outTile: sampleTile, overlap: overlapFactor,
+                     outChannels: config.outChannels, outSize: { $0 * f }) { try decodeUnchecked($0, threads: threads) }
     }
 
     /// Tiled `encode` (diffusers' `encode` with use_tiling: images larger than one tile go through
@@ -43,7 +43,7 @@ extension AutoencoderKL {
                                          threads: threads)
         let kept = 4 * Double(image.n * 2 * config.latentChannels) * (Double(image.h) * Double(image.w) + 2 * Double(sampleTile) * Double(image.w))
         try checkMemory(tile + kept, "encoding \(image.n) image(s) of \(image.h)x\(image.w) in tiles of \(sampleTile)")
-        guard image.h > sampleTile || image.w > sampleTile else { return posterior(moments(image, threads: threads)) }
+        guard image.h > sampleTile || image.w > sampleTile else { return try posterior(moments(image, threads: threads)) }
         let step = Self.tileStep(sampleTile, overlapFactor), f = downsampleFactor
         for (size, side) in [(image.h, "height"), (image.w, "width")] {
             let last = size - (size - 1) / step * step   // the last tile's extent
@@ -52,9 +52,9 @@ extension AutoencoderKL {
             }
         }
         let levels = config.blockOutChannels.count
-        let m = tiled(image, inTile: sampleTile, outTile: latentTile, overlap: overlapFactor,
-                      outChannels: 2 * config.latentChannels, outSize: { $0 >> (levels - 1) }) { moments($0, threads: threads) }
-        return posterior(m)
+        let m = try tiled(image, inTile: sampleTile, outTile: latentTile, overlap: overlapFactor,
+                      outChannels: 2 * config.latentChannels, outSize: { $0 >> (levels - 1) }) { try moments($0, threads: threads) }
+        return try posterior(m)
     }
 
     /// Whether a decode of latents [batch, latent_channels, height, width] should be tiled: the
@@ -105,7 +105,7 @@ extension AutoencoderKL {
     /// the nominal output tile side (for the blend extent and the crop), `outSize` the network's
     /// output side for an input side, `run` the network.
     func tiled(_ x: Tensor, inTile: Int, outTile: Int, overlap: Double, outChannels: Int, outSize: (Int) -> Int,
-               _ run: (Tensor) -> Tensor) -> Tensor {
+               _ run: (Tensor) throws -> Tensor) throws -> Tensor {
         let step = Self.tileStep(inTile, overlap)
         let blend = Int(Double(outTile) * overlap)
         let rowLimit = outTile - blend
@@ -113,14 +113,14 @@ extension AutoencoderKL {
         // Output extent of each tile row / column after the crop.
         let keptH = rows.map { min(rowLimit, outSize(min(inTile, x.h - $0))) }
         let keptW = cols.map { min(rowLimit, outSize(min(inTile, x.w - $0))) }
-        let result = Tensor(n: x.n, c: outChannels, h: keptH.reduce(0, +), w: keptW.reduce(0, +))
+        let result = try Tensor(n: x.n, c: outChannels, h: keptH.reduce(0, +), w: keptW.reduce(0, +))
         var above: [Tensor] = []
         var y0 = 0
         for (ri, i) in rows.enumerated() {
             var row: [Tensor] = []
             var x0 = 0
             for (cj, j) in cols.enumerated() {
-                let tile = run(crop(x, top: i, left: j, height: min(inTile, x.h - i), width: min(inTile, x.w - j)))
+                let tile = try run(try crop(x, top: i, left: j, height: min(inTile, x.h - i), width: min(inTile, x.w - j)))
                 if ri > 0 { blendVertical(above[cj], tile, extent: blend) }
                 if cj > 0 { blendHorizontal(row[cj - 1], tile, extent: blend) }
                 paste(tile, into: result, top: y0, left: x0, height: keptH[ri], width: keptW[cj])
@@ -134,8 +134,8 @@ extension AutoencoderKL {
     }
 
     /// x[:, :, top ..< top+height, left ..< left+width] as a new tensor.
-    private func crop(_ x: Tensor, top: Int, left: Int, height: Int, width: Int) -> Tensor {
-        let y = Tensor(n: x.n, c: x.c, h: height, w: width)
+    private func crop(_ x: Tensor, top: Int, left: Int, height: Int, width: Int) throws -> Tensor {
+        let y = try Tensor(n: x.n, c: x.c, h: height, w: width)
         for plane in 0..<(x.n * x.c) {
             for r in 0..<height {
                 (y.data + (plane * height + r) * width).update(from: x.data + plane * x.hw + (top + r) * x.w + left, count: width)

@@ -68,8 +68,8 @@ public final class CLIPTextModel {
         }
 
         let d = config.hiddenSize
-        let x = Tokens(n: n, length: length, width: d)
-        let positions = FloatBuffer(count: length * d)
+        let x = try Tokens(n: n, length: length, width: d)
+        let positions = try FloatBuffer(count: length * d)
         positionEmbedding.widenRows(0, length, into: positions.pointer)
         let table = tokenEmbedding, pos = positions.pointer, out = x.data
         ids.withUnsafeBufferPointer { idp in
@@ -81,7 +81,7 @@ public final class CLIPTextModel {
         }
         withExtendedLifetime(positions) {}
 
-        for layer in layers[0..<(layers.count - skip)] { layer(x, threads: threads) }
+        for layer in layers[0..<(layers.count - skip)] { try layer(x, threads: threads) }
         finalNorm.apply(x.data, rows: x.rows, into: x.data, threads: threads)
         return x
     }
@@ -96,15 +96,15 @@ struct CLIPEncoderLayer {
     let activation: Activation
 
     /// Updates `x` [n, L, hidden] in place.
-    func callAsFunction(_ x: Tokens, threads: Int) {
-        let a = attention(norm1(x, threads: threads), context: nil, threads: threads)
+    func callAsFunction(_ x: Tokens, threads: Int) throws {
+        let a = try attention(try norm1(x, threads: threads), context: nil, threads: threads)
         addInPlace(x.data, a.data, count: x.count)
-        let h = norm2(x, threads: threads)
-        let inner = Tokens(n: x.n, length: x.length, width: fc1.outFeatures)
-        fc1.apply(h.data, rows: h.rows, into: inner.data, threads: threads)
+        let h = try norm2(x, threads: threads)
+        let inner = try Tokens(n: x.n, length: x.length, width: fc1.outFeatures)
+        try fc1.apply(h.data, rows: h.rows, into: inner.data, threads: threads)
         activation.apply(inner.data, count: inner.count, threads: threads)
-        let y = Tokens(n: x.n, length: x.length, width: x.width)
-        fc2.apply(inner.data, rows: inner.rows, into: y.data, threads: threads)
+        let y = try Tokens(n: x.n, length: x.length, width: x.width)
+        try fc2.apply(inner.data, rows: inner.rows, into: y.data, threads: threads)
         addInPlace(x.data, y.data, count: x.count)
     }
 }

@@ -15,11 +15,11 @@ public struct Conditioning {
     public static let none = Conditioning()
 
     /// [a; b] along the batch: classifier-free guidance evaluates both halves as one batch.
-    public static func batch(_ a: Conditioning, _ b: Conditioning) -> Conditioning {
+    public static func batch(_ a: Conditioning, _ b: Conditioning) throws -> Conditioning {
         var c = Conditioning()
         if let x = a.classLabels, let y = b.classLabels { c.classLabels = x + y }
-        if let x = a.context, let y = b.context { c.context = Tokens.concatenated([x, y]) }
-        if let x = a.extraChannels, let y = b.extraChannels { c.extraChannels = Tensor.concatenatedBatch([x, y]) }
+        if let x = a.context, let y = b.context { c.context = try Tokens.concatenated([x, y]) }
+        if let x = a.extraChannels, let y = b.extraChannels { c.extraChannels = try Tensor.concatenatedBatch([x, y]) }
         return c
     }
 }
@@ -54,7 +54,7 @@ public final class CallbackDenoiser: Denoiser {
     }
 
     public func predict(_ x: Tensor, timesteps: [Float], conditioning: Conditioning, threads: Int) throws -> Tensor {
-        let out = Tensor(n: x.n, c: outChannels, h: x.h, w: x.w)
+        let out = try Tensor(n: x.n, c: outChannels, h: x.h, w: x.w)
         try function(x.data, SampleShape(batch: x.n, channels: x.c, height: x.h, width: x.w), timesteps[0], out.data)
         return out
     }

@@ -22,21 +22,21 @@ struct MultiHeadAttention {
     }
 
     /// Attention of `x` [n, L, dim] over `context` [n, Lk, contextDim] (nil: self-attention).
-    func callAsFunction(_ x: Tokens, context: Tokens?, threads: Int) -> Tokens {
+    func callAsFunction(_ x: Tokens, context: Tokens?, threads: Int) throws -> Tokens {
         let ctx = context ?? x
         let dim = q.outFeatures
-        let qs = Tokens(n: x.n, length: x.length, width: dim)
-        let ks = Tokens(n: ctx.n, length: ctx.length, width: dim)
-        let vs = Tokens(n: ctx.n, length: ctx.length, width: dim)
-        q.apply(x.data, rows: x.rows, into: qs.data, threads: threads)
-        k.apply(ctx.data, rows: ctx.rows, into: ks.data, threads: threads)
-        v.apply(ctx.data, rows: ctx.rows, into: vs.data, threads: threads)
-        let a = Tokens(n: x.n, length: x.length, width: dim)
-        attention(q: qs.data, ldq: dim, k: ks.data, ldk: dim, v: vs.data, ldv: dim, out: a.data, ldo: dim,
+        let qs = try Tokens(n: x.n, length: x.length, width: dim)
+        let ks = try Tokens(n: ctx.n, length: ctx.length, width: dim)
+        let vs = try Tokens(n: ctx.n, length: ctx.length, width: dim)
+        try q.apply(x.data, rows: x.rows, into: qs.data, threads: threads)
+        try k.apply(ctx.data, rows: ctx.rows, into: ks.data, threads: threads)
+        try v.apply(ctx.data, rows: ctx.rows, into: vs.data, threads: threads)
+        let a = try Tokens(n: x.n, length: x.length, width: dim)
+        try attention(q: qs.data, ldq: dim, k: ks.data, ldk: dim, v: vs.data, ldv: dim, out: a.data, ldo: dim,
                   batch: x.n, queries: x.length, keys: ctx.length, heads: heads, headDim: headDim, causal: causal,
                   precision: q.weight.file.precision, threads: threads)
-        let y = Tokens(n: x.n, length: x.length, width: out.outFeatures)
-        out.apply(a.data, rows: a.rows, into: y.data, threads: threads)
+        let y = try Tokens(n: x.n, length: x.length, width: out.outFeatures)
+        try out.apply(a.data, rows: a.rows, into: y.data, threads: threads)
         return y
     }
 }
@@ -59,19 +59,19 @@ struct BasicTransformerBlock {
     }
 
     /// Updates `x` [n, L, dim] in place.
-    func callAsFunction(_ x: Tokens, context: Tokens, threads: Int) {
-        let a = attn1(norm1(x, threads: threads), context: nil, threads: threads)
+    func callAsFunction(_ x: Tokens, context: Tokens, threads: Int) throws {
+        let a = try attn1(try norm1(x, threads: threads), context: nil, threads: threads)
         addInPlace(x.data, a.data, count: x.count)
-        let c = attn2(norm2(x, threads: threads), context: context, threads: threads)
+        let c = try attn2(try norm2(x, threads: threads), context: context, threads: threads)
         addInPlace(x.data, c.data, count: x.count)
-        let h = norm3(x, threads: threads)
+        let h = try norm3(x, threads: threads)
         let inner = ffOut.inFeatures
-        let projected = Tokens(n: x.n, length: x.length, width: 2 * inner)
-        ffIn.apply(h.data, rows: h.rows, into: projected.data, threads: threads)
-        let gated = Tokens(n: x.n, length: x.length, width: inner)
+        let projected = try Tokens(n: x.n, length: x.length, width: 2 * inner)
+        try ffIn.apply(h.data, rows: h.rows, into: projected.data, threads: threads)
+        let gated = try Tokens(n: x.n, length: x.length, width: inner)
         geglu(projected.data, rows: x.rows, width: inner, into: gated.data, threads: threads)
-        let y = Tokens(n: x.n, length: x.length, width: x.width)
-        ffOut.apply(gated.data, rows: gated.rows, into: y.data, threads: threads)
+        let y = try Tokens(n: x.n, length: x.length, width: x.width)
+        try ffOut.apply(gated.data, rows: gated.rows, into: y.data, threads: threads)
         addInPlace(x.data, y.data, count: x.count)
     }
 }
@@ -93,13 +93,13 @@ struct SpatialTransformer {
         projOut = try w.linearOrPointwise("\(p).proj_out", inFeatures: channels, outFeatures: channels, pointwise: !linearProjection)
     }
 
-    func callAsFunction(_ x: Tensor, context: Tokens, threads: Int) -> Tensor {
-        let normed = tokens(from: norm(x, threads: threads), threads: threads)
-        let h = Tokens(n: x.n, length: x.hw, width: projIn.outFeatures)
-        projIn.apply(normed.data, rows: normed.rows, into: h.data, threads: threads)
-        for block in blocks { block(h, context: context, threads: threads) }
-        let y = Tokens(n: x.n, length: x.hw, width: projOut.outFeatures)
-        projOut.apply(h.data, rows: h.rows, into: y.data, threads: threads)
-        return nchw(from: y, h: x.h, w: x.w, adding: x, threads: threads)
+    func callAsFunction(_ x: Tensor, context: Tokens, threads: Int) throws -> Tensor {
+        let normed = try tokens(from: try norm(x, threads: threads), threads: threads)
+        let h = try Tokens(n: x.n, length: x.hw, width: projIn.outFeatures)
+        try projIn.apply(normed.data, rows: normed.rows, into: h.data, threads: threads)
+        for block in blocks { try block(h, context: context, threads: threads) }
+        let y = try Tokens(n: x.n, length: x.hw, width: projOut.outFeatures)
+        try projOut.apply(h.data, rows: h.rows, into: y.data, threads: threads)
+        return try nchw(from: y, h: x.h, w: x.w, adding: x, threads: threads)
     }
 }

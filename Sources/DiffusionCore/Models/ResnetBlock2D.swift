@@ -31,12 +31,12 @@ struct ResnetBlock2D {
 
     /// `activatedEmb` is silu(emb), [n, tembDim], for a block with a time projection; nil (or
     /// ignored) for one without.
-    func callAsFunction(_ x: Tensor, activatedEmb: [Float]?, threads: Int) -> Tensor {
-        var h = norm1(x, silu: true, threads: threads)
-        h = conv1(h, threads: threads)
+    func callAsFunction(_ x: Tensor, activatedEmb: [Float]?, threads: Int) throws -> Tensor {
+        var h = try norm1(x, silu: true, threads: threads)
+        h = try conv1(h, threads: threads)
         let c = h.c, hw = h.hw
         if let timeProj, let emb = activatedEmb {
-            let t = emb.withUnsafeBufferPointer { timeProj($0.baseAddress!, rows: x.n) }
+            let t = try emb.withUnsafeBufferPointer { try timeProj($0.baseAddress!, rows: x.n) }
             if !scaleShift {
                 // h = h + temb[:, :, None, None]; then norm2 and act
                 for i in 0..<h.n {
@@ -46,10 +46,10 @@ struct ResnetBlock2D {
                         for j in 0..<hw { row[j] += v }
                     }
                 }
-                h = norm2(h, silu: true, threads: threads)
+                h = try norm2(h, silu: true, threads: threads)
             } else {
                 // h = act(norm2(h) * (1 + scale) + shift)
-                h = norm2(h, threads: threads)
+                h = try norm2(h, threads: threads)
                 for i in 0..<h.n {
                     for ch in 0..<c {
                         let scale = 1 + t[i * 2 * c + ch], shift = t[i * 2 * c + c + ch]
@@ -59,19 +59,19 @@ struct ResnetBlock2D {
                 }
             }
         } else {
-            h = norm2(h, silu: true, threads: threads)
+            h = try norm2(h, silu: true, threads: threads)
         }
-        h = conv2(h, threads: threads)
-        let residual = shortcut.map { $0(x, threads: threads) } ?? x
+        h = try conv2(h, threads: threads)
+        let residual = try shortcut.map { try $0(x, threads: threads) } ?? x
         // output = (input_tensor + hidden_states) / output_scale_factor
-        let out = Tensor(n: h.n, c: h.c, h: h.h, w: h.w)
+        let out = try Tensor(n: h.n, c: h.c, h: h.h, w: h.w)
         let a = residual.data, b = h.data, o = out.data, s = inverseOutputScale
         for j in 0..<out.count { o[j] = (a[j] + b[j]) * s }
         return out
     }
 
-    func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
-        callAsFunction(x, activatedEmb: nil, threads: threads)
+    func callAsFunction(_ x: Tensor, threads: Int) throws -> Tensor {
+        try callAsFunction(x, activatedEmb: nil, threads: threads)
     }
 }
 
@@ -94,11 +94,11 @@ struct SpatialSelfAttention {
         inverseRescale = Float(1 / rescale)
     }
 
-    func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
-        let h = norm.map { $0(x, threads: threads) } ?? x
-        let a = spatialAttention(q: q(h, threads: threads), k: k(h, threads: threads), v: v(h, threads: threads),
+    func callAsFunction(_ x: Tensor, threads: Int) throws -> Tensor {
+        let h = try norm.map { try $0(x, threads: threads) } ?? x
+        let a = try spatialAttention(q: q(h, threads: threads), k: k(h, threads: threads), v: v(h, threads: threads),
                                  heads: heads, precision: q.weight.file.precision, threads: threads)
-        let y = out(a, threads: threads)
+        let y = try out(a, threads: threads)
         addScaled(y, x, scale: inverseRescale)
         return y
     }

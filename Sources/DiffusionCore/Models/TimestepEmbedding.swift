@@ -30,9 +30,9 @@ struct TimestepMLP {
         linear2 = try w.linear("\(prefix).linear_2", inFeatures: outFeatures, outFeatures: outFeatures)
     }
 
-    func callAsFunction(_ x: [Float], rows: Int) -> [Float] {
-        var h = x.withUnsafeBufferPointer { linear1($0.baseAddress!, rows: rows) }
+    func callAsFunction(_ x: [Float], rows: Int) throws -> [Float] {
+        var h = try x.withUnsafeBufferPointer { try linear1($0.baseAddress!, rows: rows) }
         for j in h.indices { h[j] = siluScalar(h[j]) }
-        return h.withUnsafeBufferPointer { linear2($0.baseAddress!, rows: rows) }
+        return try h.withUnsafeBufferPointer { try linear2($0.baseAddress!, rows: rows) }
     }
 }

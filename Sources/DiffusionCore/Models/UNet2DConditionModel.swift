@@ -120,9 +120,9 @@ public final class UNet2DConditionModel {
 
     /// emb = time_embedding(sinusoids(t)); returns silu(emb), as every resnet applies the activation
     /// before its projection.
-    private func embedding(_ timesteps: [Float]) -> [Float] {
+    private func embedding(_ timesteps: [Float]) throws -> [Float] {
         let c0 = config.blockOutChannels[0]
-        var emb = timeMLP(sinusoidalEmbedding(timesteps, dim: c0, flipSinToCos: config.flipSinToCos, freqShift: config.freqShift),
+        var emb = try timeMLP(sinusoidalEmbedding(timesteps, dim: c0, flipSinToCos: config.flipSinToCos, freqShift: config.freqShift),
                           rows: timesteps.count)
         for j in emb.indices { emb[j] = siluScalar(emb[j]) }
         return emb
@@ -130,21 +130,21 @@ public final class UNet2DConditionModel {
 
     /// One forward pass: x [n, in_channels, h, w] (x_t with any extra channels already appended),
     /// context [n, tokens, cross_attention_dim].
-    func forward(_ x: Tensor, timesteps: [Float], context: Tokens, threads: Int) -> Tensor {
-        let emb = embedding(timesteps)
+    func forward(_ x: Tensor, timesteps: [Float], context: Tokens, threads: Int) throws -> Tensor {
+        let emb = try embedding(timesteps)
         var sample = x
         if config.centerInputSample {
-            sample = Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
+            sample = try Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
             for i in 0..<x.count { sample.data[i] = 2 * x.data[i] - 1 }
         }
-        sample = convIn(sample, threads: threads)
-        sample = unetBody(sample, down: down, mid: { x in
+        sample = try convIn(sample, threads: threads)
+        sample = try unetBody(sample, down: down, mid: { x in
             guard let (r0, attn, r1) = self.mid else { return x }
-            let h = attn(r0(x, activatedEmb: emb, threads: threads), context: context, threads: threads)
-            return r1(h, activatedEmb: emb, threads: threads)
-        }, up: up, emb: emb, threads: threads) { transformer, x in transformer(x, context: context, threads: threads) }
-        sample = normOut(sample, silu: true, threads: threads)
-        return convOut(sample, threads: threads)
+            let h = try attn(try r0(x, activatedEmb: emb, threads: threads), context: context, threads: threads)
+            return try r1(h, activatedEmb: emb, threads: threads)
+        }, up: up, emb: emb, threads: threads) { transformer, x in try transformer(x, context: context, threads: threads) }
+        sample = try normOut(sample, silu: true, threads: threads)
+        return try convOut(sample, threads: threads)
     }
 }
 
@@ -171,10 +171,10 @@ extension UNet2DConditionModel: Denoiser {
             guard let e = conditioning.extraChannels, e.n == x.n, e.c == extra, e.h == x.h, e.w == x.w else {
                 throw DiffusionError(.invalidArgument, "this UNet takes \(config.inChannels) input channels: x_t's \(config.outChannels) and \(extra) conditioning channels [\(x.n), \(extra), \(x.h), \(x.w)] (inpainting: mask and masked-image latents)")
             }
-            input = concatChannels(x, e)
+            input = try concatChannels(x, e)
         } else if conditioning.extraChannels != nil {
             throw DiffusionError(.invalidArgument, "this UNet takes no extra input channels")
         }
-        return forward(input, timesteps: timesteps, context: context, threads: threads)
+        return try forward(input, timesteps: timesteps, context: context, threads: threads)
     }
 }

@@ -142,9 +142,9 @@ public final class UNet2DModel {
 
     /// emb = linear_2(silu(linear_1(proj(t)))) (+ class embedding); returns silu(emb) as every
     /// resnet applies the activation before its projection.
-    private func embedding(timesteps: [Float], classLabels: [Int]?) -> [Float] {
+    private func embedding(timesteps: [Float], classLabels: [Int]?) throws -> [Float] {
         let n = timesteps.count, temb = config.timeEmbedDim, c0 = config.blockOutChannels[0]
-        var emb = timeMLP(timestepEmbedding(timesteps, dim: c0), rows: n)
+        var emb = try timeMLP(timestepEmbedding(timesteps, dim: c0), rows: n)
         if let labels = classLabels {
             if let table = classTable {
                 var row = [Float](repeating: 0, count: temb)
@@ -153,7 +153,7 @@ public final class UNet2DModel {
                     for j in 0..<temb { emb[i * temb + j] += row[j] }
                 }
             } else if let classMLP {
-                let c = classMLP(timestepEmbedding(labels.map { Float($0) }, dim: c0), rows: n)
+                let c = try classMLP(timestepEmbedding(labels.map { Float($0) }, dim: c0), rows: n)
                 for j in emb.indices { emb[j] += c[j] }
             }
         }
@@ -163,22 +163,22 @@ public final class UNet2DModel {
 
     /// One forward pass. `x` is [n, in_channels, h, w]; `classLabels` is required exactly when
     /// the model has a class embedding (checked by the caller).
-    public func forward(_ x: Tensor, timesteps: [Float], classLabels: [Int]?, threads: Int) -> Tensor {
-        let emb = embedding(timesteps: timesteps, classLabels: classLabels)
+    public func forward(_ x: Tensor, timesteps: [Float], classLabels: [Int]?, threads: Int) throws -> Tensor {
+        let emb = try embedding(timesteps: timesteps, classLabels: classLabels)
         var sample = x
         if config.centerInputSample {
-            sample = Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
+            sample = try Tensor(n: x.n, c: x.c, h: x.h, w: x.w)
             for i in 0..<x.count { sample.data[i] = 2 * x.data[i] - 1 }
         }
-        sample = convIn(sample, threads: threads)
-        sample = unetBody(sample, down: down, mid: { x in
+        sample = try convIn(sample, threads: threads)
+        sample = try unetBody(sample, down: down, mid: { x in
             guard let (r0, attn, r1) = self.mid else { return x }
-            var h = r0(x, activatedEmb: emb, threads: threads)
-            if let attn { h = attn(h, threads: threads) }
-            return r1(h, activatedEmb: emb, threads: threads)
-        }, up: up, emb: emb, threads: threads) { attention, x in attention(x, threads: threads) }
-        sample = normOut(sample, silu: true, threads: threads)
-        return convOut(sample, threads: threads)
+            var h = try r0(x, activatedEmb: emb, threads: threads)
+            if let attn { h = try attn(h, threads: threads) }
+            return try r1(h, activatedEmb: emb, threads: threads)
+        }, up: up, emb: emb, threads: threads) { attention, x in try attention(x, threads: threads) }
+        sample = try normOut(sample, silu: true, threads: threads)
+        return try convOut(sample, threads: threads)
     }
 }
 
@@ -204,6 +204,6 @@ extension UNet2DModel: Denoiser {
         } else if conditioning.classLabels != nil {
             throw DiffusionError(.invalidArgument, "this model is not class-conditional: class labels must be NULL")
         }
-        return forward(x, timesteps: timesteps, classLabels: conditioning.classLabels, threads: threads)
+        return try forward(x, timesteps: timesteps, classLabels: conditioning.classLabels, threads: threads)
     }
 }

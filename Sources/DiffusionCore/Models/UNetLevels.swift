@@ -10,29 +10,29 @@ struct UNetLevel<Attention> {
 /// levels pushing every output as a skip, the mid block, up levels concatenating the skips back
 /// (the upsampler resizes to the next skip's size: diffusers' upsample_size for sizes that are not
 /// multiples of 2^levels). `attend` runs one attention block.
-func unetBody<Attention>(_ x: Tensor, down: [UNetLevel<Attention>], mid: (Tensor) -> Tensor, up: [UNetLevel<Attention>],
-                         emb: [Float], threads: Int, attend: (Attention, Tensor) -> Tensor) -> Tensor {
+func unetBody<Attention>(_ x: Tensor, down: [UNetLevel<Attention>], mid: (Tensor) throws -> Tensor, up: [UNetLevel<Attention>],
+                         emb: [Float], threads: Int, attend: (Attention, Tensor) throws -> Tensor) throws -> Tensor {
     var sample = x
     var skips = [sample]
     for level in down {
         for (j, r) in level.resnets.enumerated() {
-            sample = r(sample, activatedEmb: emb, threads: threads)
-            if j < level.attentions.count { sample = attend(level.attentions[j], sample) }
+            sample = try r(sample, activatedEmb: emb, threads: threads)
+            if j < level.attentions.count { sample = try attend(level.attentions[j], sample) }
             skips.append(sample)
         }
         if let conv = level.resample {
-            sample = conv(sample, threads: threads)
+            sample = try conv(sample, threads: threads)
             skips.append(sample)
         }
     }
-    sample = mid(sample)
+    sample = try mid(sample)
     for level in up {
         for (j, r) in level.resnets.enumerated() {
-            sample = r(concatChannels(sample, skips.removeLast()), activatedEmb: emb, threads: threads)
-            if j < level.attentions.count { sample = attend(level.attentions[j], sample) }
+            sample = try r(try concatChannels(sample, skips.removeLast()), activatedEmb: emb, threads: threads)
+            if j < level.attentions.count { sample = try attend(level.attentions[j], sample) }
         }
         if let conv = level.resample, let next = skips.last {
-            sample = conv(upsampleNearest(sample, h: next.h, w: next.w), threads: threads)
+            sample = try conv(try upsampleNearest(sample, h: next.h, w: next.w), threads: threads)
         }
     }
     return sample

@@ -17,10 +17,10 @@ struct VAEMidBlock {
         second = try ResnetBlock2D(w, "\(p).resnets.1", cin: c, cout: c, groups: groups, eps: VAEEncoder.eps)
     }
 
-    func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
-        var h = first(x, threads: threads)
-        if let attention { h = attention(h, threads: threads) }
-        return second(h, threads: threads)
+    func callAsFunction(_ x: Tensor, threads: Int) throws -> Tensor {
+        var h = try first(x, threads: threads)
+        if let attention { h = try attention(h, threads: threads) }
+        return try second(h, threads: threads)
     }
 }
 
@@ -69,15 +69,15 @@ struct VAEEncoder {
 
     /// [n, in_channels, h, w] → [n, 2 × latent_channels, h / 2^(levels−1), w / 2^(levels−1)]
     /// (each downsampler floors odd sizes; h and w must be at least 2^(levels−1)).
-    func callAsFunction(_ x: Tensor, threads: Int) -> Tensor {
-        var h = convIn(x, threads: threads)
+    func callAsFunction(_ x: Tensor, threads: Int) throws -> Tensor {
+        var h = try convIn(x, threads: threads)
         for level in down {
-            for r in level.resnets { h = r(h, threads: threads) }
-            if let conv = level.downsample { h = conv(h, threads: threads) }
+            for r in level.resnets { h = try r(h, threads: threads) }
+            if let conv = level.downsample { h = try conv(h, threads: threads) }
         }
-        h = mid(h, threads: threads)
-        h = normOut(h, silu: true, threads: threads)
-        return convOut(h, threads: threads)
+        h = try mid(h, threads: threads)
+        h = try normOut(h, silu: true, threads: threads)
+        return try convOut(h, threads: threads)
     }
 }
 
@@ -122,14 +122,14 @@ struct VAEDecoder {
     }
 
     /// [n, latent_channels, h, w] → [n, out_channels, h × 2^(levels−1), w × 2^(levels−1)].
-    func callAsFunction(_ z: Tensor, threads: Int) -> Tensor {
-        var h = convIn(z, threads: threads)
-        h = mid(h, threads: threads)
+    func callAsFunction(_ z: Tensor, threads: Int) throws -> Tensor {
+        var h = try convIn(z, threads: threads)
+        h = try mid(h, threads: threads)
         for level in up {
-            for r in level.resnets { h = r(h, threads: threads) }
-            if let conv = level.upsample { h = conv(upsampleNearest2x(h), threads: threads) }
+            for r in level.resnets { h = try r(h, threads: threads) }
+            if let conv = level.upsample { h = try conv(try upsampleNearest2x(h), threads: threads) }
         }
-        h = normOut(h, silu: true, threads: threads)
-        return convOut(h, threads: threads)
+        h = try normOut(h, silu: true, threads: threads)
+        return try convOut(h, threads: threads)
     }
 }

@@ -64,8 +64,8 @@ struct WeightLoader {
             throw DiffusionError(.unsupported, "\(prefix): \(groups) groups do not divide \(channels) channels")
         }
         return GroupNorm(groups: groups, channels: channels, eps: Float(eps),
-                         gamma: FloatBuffer(try vector("\(prefix).weight", channels)),
-                         beta: FloatBuffer(try vector("\(prefix).bias", channels)))
+                         gamma: try FloatBuffer(try vector("\(prefix).weight", channels)),
+                         beta: try FloatBuffer(try vector("\(prefix).bias", channels)))
     }
 
     func layerNorm(_ prefix: String, channels: Int, eps: Double) throws -> LayerNorm {

@@ -11,8 +11,8 @@ extension DiffusionModel {
     }
 
     /// One image repeated to the batch, or the batch as it is.
-    private func batched(_ x: Tensor, _ batch: Int) -> Tensor {
-        x.n == batch ? x : Tensor.concatenatedBatch([Tensor](repeating: x, count: batch))
+    private func batched(_ x: Tensor, _ batch: Int) throws -> Tensor {
+        x.n == batch ? x : try Tensor.concatenatedBatch([Tensor](repeating: x, count: batch))
     }
 
     /// img2img: x_0 = the image (pixel model) or its VAE latents (latent model, the posterior
@@ -27,7 +27,7 @@ extension DiffusionModel {
         var x0: Tensor? = nil
         try sampler.redrawNoise(before: { g in
             var generator: TorchGenerator? = g
-            x0 = batched(try latent.encode(image, generator: &generator, threads: threads), sampler.batch)
+            x0 = try batched(try latent.encode(image, generator: &generator, threads: threads), sampler.batch)
             g = generator ?? g
         }, after: { _ in })
         guard let x0 else { return }
@@ -50,7 +50,7 @@ extension DiffusionModel {
         let masks = mask.count / plane
         // Binarised (≥ 0.5 repaints); masked image = image · (mask < 0.5).
         let binary = mask.map { $0 < 0.5 ? Float(0) : 1 }
-        let masked = Tensor(n: max(image.n, masks), c: image.c, h: ih, w: iw)
+        let masked = try Tensor(n: max(image.n, masks), c: image.c, h: ih, w: iw)
         for n in 0..<masked.n {
             for c in 0..<image.c {
                 for i in 0..<plane {
@@ -77,18 +77,18 @@ extension DiffusionModel {
         try sampler.redrawNoise(before: { g in
             guard needsImage else { return }
             var generator: TorchGenerator? = g
-            imageLatents = batched(try latent.encode(image, generator: &generator, threads: threads), sampler.batch)
+            imageLatents = try batched(try latent.encode(image, generator: &generator, threads: threads), sampler.batch)
             g = generator ?? g
         }, after: { g in
             var generator: TorchGenerator? = g
-            maskedLatents = batched(try latent.encode(masked, generator: &generator, threads: threads), sampler.batch)
+            maskedLatents = try batched(try latent.encode(masked, generator: &generator, threads: threads), sampler.batch)
             g = generator ?? g
         })
         try sampler.setStrength(strength, imageLatents: imageLatents?.copyToArray())
         if nineChannels, let maskedLatents {
-            let maskTensor = Tensor(n: sampler.batch, c: 1, h: h, w: w)
+            let maskTensor = try Tensor(n: sampler.batch, c: 1, h: h, w: w)
             latentMask.withUnsafeBufferPointer { maskTensor.data.update(from: $0.baseAddress!, count: $0.count) }
-            sampler.setExtraChannels(concatChannels(maskTensor, maskedLatents))
+            sampler.setExtraChannels(try concatChannels(maskTensor, maskedLatents))
         } else if let imageLatents {
             try sampler.setBlend(imageLatents: imageLatents.copyToArray(), mask: latentMask)
         }

@@ -15,8 +15,8 @@ public func pixelBytes(_ x: Tensor, into out: UnsafeMutablePointer<UInt8>) {
 }
 
 /// NHWC 8-bit pixels → NCHW x = pixel / 255 · 2 − 1 (float32, as diffusers' VaeImageProcessor).
-public func tensor(fromPixels pixels: UnsafePointer<UInt8>, n: Int, channels c: Int, height: Int, width: Int) -> Tensor {
-    let x = Tensor(n: n, c: c, h: height, w: width)
+public func tensor(fromPixels pixels: UnsafePointer<UInt8>, n: Int, channels c: Int, height: Int, width: Int) throws -> Tensor {
+    let x = try Tensor(n: n, c: c, h: height, w: width)
     let hw = height * width
     for img in 0..<n {
         for ch in 0..<c {

@@ -70,13 +70,13 @@ public final class LatentPipeline {
         let per = latents.c * latents.hw
         for n in 0..<latents.n {
             try progress?(n, latents.n)
-            let z = Tensor(n: 1, c: latents.c, h: latents.h, w: latents.w)
+            let z = try Tensor(n: 1, c: latents.c, h: latents.h, w: latents.w)
             for i in 0..<per { z.data[i] = latents.data[n * per + i] / scalingFactor + shiftFactor }
             images.append(vae.decodeNeedsTiling(height: z.h, width: z.w, batch: 1, threads: threads)
                           ? try vae.decodeTiled(z, threads: threads) : try vae.decode(z, threads: threads))
         }
         try progress?(latents.n, latents.n)
-        return images.count == 1 ? images[0] : Tensor.concatenatedBatch(images)
+        return images.count == 1 ? images[0] : try Tensor.concatenatedBatch(images)
     }
 
     /// Latents of images in [-1, 1]: (posterior sample − shift_factor) · scaling_factor with the
@@ -90,7 +90,7 @@ public final class LatentPipeline {
             z = try vae.sample(mean: mean, logvar: logvar, generator: &g)
             generator = g
         }
-        let out = Tensor(n: z.n, c: z.c, h: z.h, w: z.w)
+        let out = try Tensor(n: z.n, c: z.c, h: z.h, w: z.w)
         for i in 0..<out.count { out.data[i] = (z.data[i] - shiftFactor) * scalingFactor }
         return out
     }

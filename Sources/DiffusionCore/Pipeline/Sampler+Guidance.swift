@@ -36,10 +36,10 @@ extension Sampler {
                 throw DiffusionError(e.code, "denoiser at step \(stepIndex + 1) (timestep \(t)): \(e.message)")
             }
         }
-        let doubled = Tensor.concatenatedBatch([x, x])
+        let doubled = try Tensor.concatenatedBatch([x, x])
         let out = try predict(doubled, timesteps: [Float](repeating: t, count: 2 * batch),
                               conditioning: .batch(unconditional, conditional))
-        let guided = Tensor(n: batch, c: out.c, h: height, w: width)
+        let guided = try Tensor(n: batch, c: out.c, h: height, w: width)
         let half = guided.count, s = guidanceScale
         let outPer = half / batch, guidedPer = shape.perSample
         for b in 0..<batch {

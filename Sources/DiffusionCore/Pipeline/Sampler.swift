@@ -154,11 +154,13 @@ public final class Sampler {
         scheduler = try SchedulerRegistry.make(name, config: config, steps: inferenceSteps, eta: p.eta)
         // x_T = randn(shape) * init_noise_sigma, drawn first, as the pipelines do.
         var generator = TorchGenerator(seed: p.seed)
+        // The start noise, the scheduler's history and guidance's copies: a few latents' worth.
+        try probeAllocation(bytes: shape.count * MemoryLayout<Float>.size * 8, "the sampler's state (\(shape.count) values)")
         var noise = [Float](repeating: 0, count: shape.count)
         noise.withUnsafeMutableBufferPointer { generator.fillNormal($0) }
         self.generator = generator
         startNoise = noise
-        latents = Tensor(n: shape.batch, c: shape.channels, h: shape.height, w: shape.width)
+        latents = try Tensor(n: shape.batch, c: shape.channels, h: shape.height, w: shape.width)
         resetStart()
     }
 
@@ -369,7 +371,7 @@ public final class Sampler {
         let divisor = scheduler.inputDivisor(at: i)
         var input = latents
         if divisor != 1 {
-            input = Tensor(n: batch, c: channels, h: height, w: width)
+            input = try Tensor(n: batch, c: channels, h: height, w: width)
             for k in 0..<count { input.data[k] = latents.data[k] / divisor }
         }
         let output = try evaluate(input, timestep: t)
@@ -398,11 +400,11 @@ public final class Sampler {
         }
         var noise: Tensor? = nil
         if scheduler.needsNoise(at: i) {
-            let z = Tensor(n: batch, c: channels, h: height, w: width)
+            let z = try Tensor(n: batch, c: channels, h: height, w: width)
             generator.fillNormal(UnsafeMutableBufferPointer(start: z.data, count: z.count))
             noise = z
         }
-        let next = Tensor(n: batch, c: channels, h: height, w: width)
+        let next = try Tensor(n: batch, c: channels, h: height, w: width)
         func schedulerStep(_ shift: UnsafePointer<Float>?) {
             scheduler.step(index: i, modelOutput: output.data, sample: latents.data,
                            noise: noise.map { UnsafePointer($0.data) }, meanShift: shift, shape: shape, prev: next.data)

@@ -148,7 +148,7 @@ public final class Arena: @unchecked Sendable {
         }
     }
 
-    func take(bytes: Int) -> (UnsafeMutableRawPointer, Ticket) {
+    func take(bytes: Int) throws -> (UnsafeMutableRawPointer, Ticket) {
         let placed = state.withLock { s -> (UnsafeMutableRawPointer?, Ticket) in
             let id = s.sizes.count
             let t = s.events.count
@@ -167,7 +167,7 @@ public final class Arena: @unchecked Sendable {
             return (nil, Ticket(arena: self, storage: nil, generation: s.generation, id: id))
         }
         if let p = placed.0 { return (p, placed.1) }
-        return (BufferPool.shared.take(bytes: bytes, reuse: true), placed.1)
+        return (try BufferPool.shared.take(bytes: bytes, reuse: true), placed.1)
     }
 
     func give(_ ticket: Ticket, _ pointer: UnsafeMutableRawPointer, bytes: Int) {

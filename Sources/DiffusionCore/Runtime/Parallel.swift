@@ -1,3 +1,4 @@
+import CDiffusion
 import Dispatch
 import Synchronization
 #if canImport(Glibc)
@@ -42,7 +43,10 @@ func parallelFor(_ count: Int, threads: Int, _ body: (Int, Int) -> Void) {
     }
 }
 
-/// The number of online CPUs.
+/// The CPUs this process may run on: its affinity mask (taskset, cgroup cpusets), else the
+/// online CPUs.
 public func cpuCount() -> Int {
-    max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    let affinity = Int(cdiffusion_affinity_cpus())
+    if affinity > 0 { return affinity }
+    return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 }

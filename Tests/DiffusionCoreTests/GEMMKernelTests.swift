@@ -307,3 +307,21 @@ func spatialAttentionMatchesDirectLoop(_ precision: Precision) throws {
     #expect(error <= (precision == .bf16 ? 1e-2 : 1e-5), "spatial attention \(precision): relative error \(error)")
     if precision == .bf16 { #expect(error > 1e-4, "spatial attention: bf16 as exact as float32 (\(error)): not rounded?") }
 }
+
+/// The weights' planned memory (the memory budget's "weights") counts what packed copies hold
+/// beyond the stored weight: a float32 3 × 3 convolution's im2col panels pad cout to whole panels
+/// of 6, and its Winograd U (16 float32 matrices cin × cout padded) is 16/9 of the weight; an F16
+/// weight's U is made per call (nothing kept), its panels stay 2 bytes.
+@Test(arguments: [false, true])
+func plannedBytesCountPackedCopies(_ f16: Bool) throws {
+    let cin = 5, cout = 7, padded = 12, size = f16 ? 2 : 4
+    let weight = try storedTensor([Float](repeating: 0.5, count: cout * cin * 9), shape: [cout, cin, 3, 3], f16: f16)
+    let mapped = weight.file.mappedBytes
+    #expect(weight.file.plannedBytes == mapped)
+    let conv = Conv2d(weight: weight, bias: nil, cin: cin, cout: cout, kernel: 3, stride: 1,
+                      padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+    let im2colExtra = cin * 9 * (padded - cout) * size
+    let winogradExtra = f16 ? 0 : 16 * cin * padded * 4 - cout * cin * 9 * 4
+    #expect(weight.file.plannedBytes == mapped + im2colExtra + winogradExtra)
+    withExtendedLifetime(conv) {}
+}

@@ -70,6 +70,12 @@ final class PackedPanels: @unchecked Sendable {
     /// bf16 pairs are kept (2 bytes × 16/9 per weight, freed with the mapped weight's pages).
     private var madePerCall: Bool { winograd && source.dtype != .f32 && !pairs }
 
+    /// Bytes the packed copy holds beyond the stored tensor it replaces in memory (the file's pages
+    /// are handed back once packed): Winograd's U kept as float32 is 16/9 of a float32 weight.
+    var extraBytes: Int {
+        madePerCall ? 0 : max(0, (winograd ? 16 : 1) * matrixBytes - source.info.byteRange.count)
+    }
+
     /// Runs `body` with the packed panels (packing them first if needed, over `threads`).
     func withPanels<R>(threads: Int, _ body: (PackedView) throws -> R) throws -> R {
         if madePerCall {

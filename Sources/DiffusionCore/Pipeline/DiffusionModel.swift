@@ -135,7 +135,7 @@ public final class DiffusionModel {
         if !rewrites.isEmpty { try scheduler.apply(.object(rewrites)) }
         self.threads = threads > 0 ? threads : cpuCount()
         var budget = MemoryBudget(limit: memoryLimit)
-        budget.reserved = Double(unetWeights.mappedBytes + (latent?.weightBytes ?? 0))
+        budget.reserved = Double(unetWeights.plannedBytes + (latent?.weightBytes ?? 0))
         try budget.check(0, "loading \(path)")
         self.budget = budget
         latent?.vae.budget = budget

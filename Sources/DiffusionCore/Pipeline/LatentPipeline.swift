@@ -33,7 +33,7 @@ public final class LatentPipeline {
         } catch let e as DiffusionError {
             throw e.code == .modelMismatch ? e : e.context(vaeConfigPath)
         }
-        weightBytes = textWeights.mappedBytes + vaeWeights.mappedBytes
+        weightBytes = textWeights.plannedBytes + vaeWeights.plannedBytes
         guard vaeConfig.inChannels == vaeConfig.outChannels else {
             throw DiffusionError(.unsupported, "\(vaeConfigPath): in_channels \(vaeConfig.inChannels) differs from out_channels \(vaeConfig.outChannels) (the init image and the output must have the same channels)")
         }

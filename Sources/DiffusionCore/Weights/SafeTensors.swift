@@ -184,6 +184,10 @@ public final class SafeTensorsFile {
     /// Bytes mapped (the whole file).
     public var mappedBytes: Int { mapLength }
 
+    /// The weights' planned memory: the mapping plus what the layers' packed copies hold beyond
+    /// the weights they replace (known once the model is built).
+    public var plannedBytes: Int { mapLength + packedCopies.withLock { $0.reduce(0) { $0 + ($1.value?.extraBytes ?? 0) } } }
+
     /// Hands back the whole pages inside `bytes` (part of this mapping), as `releaseResidentPages`
     /// does for all of it.
     func releasePages(_ bytes: UnsafeRawBufferPointer) {

@@ -120,7 +120,8 @@ typedef enum diffusion_precision {
 
 typedef struct diffusion_model_params {
     uint32_t struct_size;
-    /* Threads used by this model's network evaluations; 0 (default) = number of CPU cores. */
+    /* Threads used by this model's network evaluations; 0 (default) = the CPUs this process may
+       run on (its affinity mask: taskset, cpusets). */
     int32_t n_threads;
     /* Weight files: false (default) reads <name>.safetensors and falls back to the fp16 variant
        <name>.fp16.safetensors when the plain file is absent; true prefers the fp16 variant. */

@@ -24,7 +24,7 @@ struct ModelOption: ParsableArguments {
     @Option(help: "Model folder (diffusers layout). Default: the shipped digits model.")
     var model: String?
 
-    @Option(help: "Threads for the network (default: all cores).")
+    @Option(help: "Threads for the network (default: the CPUs this process may run on).")
     var threads: Int = 0
 
     @Flag(help: "Read the fp16 variant weight files (*.fp16.safetensors) even when full-precision files exist.")
@@ -102,6 +102,7 @@ struct Info: ParsableCommand {
                   (c.nullClassLabel.map { " (unconditional label \($0): guidance available)" } ?? "")) }
             print("scheduler:   \(m.defaultScheduler)")
             print("precision:   \(m.precision.rawValue)" + (m.precision == .bf16 && !Precision.bf16Native ? " (emulated: this CPU lacks AVX512-BF16)" : ""))
+            print("threads:     \(m.threads)")
             print("config:      \(m.configJSON)")
         } catch let e as DiffusionError { DiffusionCommand.fail(e) }
     }

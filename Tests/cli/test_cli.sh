@@ -325,6 +325,16 @@ grep -q "from $tmp/init.png at strength 0.5" "$tmp/out.txt" || fail "sd img2img 
 "$cli" generate --model "$sd/sd1" --prompt "a cat" --mask "$tmp/mask.png" --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
 [ $? -eq 64 ] || fail "--mask without --init: $(cat "$tmp/err.txt")"
 
+# Threads default to the CPUs the process may use (its affinity mask), not every online CPU.
+if command -v taskset >/dev/null; then
+    out="$(taskset -c 0 "$cli" info --model "$fixtures/plain")" || fail "info under taskset exited $?"
+    grep -q "^threads:     1$" <<<"$out" || fail "info under taskset -c 0 does not report 1 thread: $out"
+    out="$("$cli" info --model "$fixtures/plain" --threads 3)" || fail "info --threads 3 exited $?"
+    grep -q "^threads:     3$" <<<"$out" || fail "info --threads 3: $out"
+else
+    echo "taskset missing (util-linux): the affinity check needs it" >&2; exit 1
+fi
+
 # --precision and --memory-limit
 out="$("$cli" info --model "$fixtures/plain" --precision bf16)" || fail "info --precision bf16 exited $?"
 grep -q "^precision:   bf16" <<<"$out" || fail "info does not report bf16: $out"

@@ -31,7 +31,7 @@ class Model(Closing, LatentFacet):
     folder (text encoder, tokenizer, UNet2DConditionModel, VAE, scheduler). Immutable; safe to share
     between threads.
 
-    ``threads``: threads used by this model's network evaluations (None or 0 = all cores).
+    ``threads``: threads used by this model's network evaluations (None or 0 = the CPUs this process may run on).
     ``prefer_fp16``: read the fp16 variant weight files (``*.fp16.safetensors``) when both exist;
     by default the plain files, falling back to the fp16 variant when only it exists.
     ``memory_limit``: bytes the model may plan for (None or 0 = physical memory, lowered by rlimits

@@ -108,7 +108,7 @@ sanitize-tsan: deps
 # and a working corpus kept in .build-fuzz/corpus/<target>. A finding is written to
 # .build-fuzz/findings/<target>-*: fix it and add the input to Tests/fuzz/regressions/<target>/,
 # which `make test` replays (test-fuzz-inputs) with the seed corpus.
-FUZZ_TARGETS := safetensors unet_config scheduler_config pipeline_config tokenizer prompt
+FUZZ_TARGETS := safetensors unet_config scheduler_config pipeline_config tokenizer prompt single_file
 FUZZ_SECONDS ?= 60
 FUZZ_DIR     := .build-fuzz/release
 # The CLI's PNG decoder is Swift outside the library: its two files build alone with a stand-in

@@ -130,11 +130,21 @@ typedef struct diffusion_model_params {
        memory, lowered by RLIMIT_AS / RLIMIT_DATA and the cgroup's memory.max.
        Loading weights larger than it, and creating a sampler, predicting, encoding or decoding
        whose weights plus estimated working memory exceed it, return DIFFUSION_ERROR_OUT_OF_MEMORY
-       with the numbers in the message (checked before anything is allocated). The estimate
-       does not count packed copies of F32 weights. */
+       with the numbers in the message (checked before anything is allocated). The weights
+       count their packed copies beyond the stored tensors (F32 Winograd panels). An allocation
+       the system refuses anyway (an estimate is not exact) also returns OUT_OF_MEMORY. */
     uint64_t memory_limit;
     /* DIFFUSION_PRECISION_F32 (default) or DIFFUSION_PRECISION_BF16. */
     int32_t precision;
+    /* For a single-file checkpoint (path names a .safetensors file in the original Stable
+       Diffusion 1.x / 2.x layout: model.diffusion_model.*, first_stage_model.*,
+       cond_stage_model.*): a diffusers pipeline folder whose configs, tokenizer and scheduler
+       describe it (its weight files, if any, are not read). NULL (default) for a folder path;
+       a single file without it is DIFFUSION_ERROR_UNSUPPORTED. The file's extra keys (DDPM
+       schedule buffers, model_ema.*, position_ids, text_projection, logit_scale, SD2's last
+       text block) are ignored; any other key the model does not use, or a missing one, is
+       DIFFUSION_ERROR_MODEL_MISMATCH naming it. */
+    const char *config_from;
 } diffusion_model_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_model_params)
@@ -153,6 +163,8 @@ void diffusion_model_params_init(diffusion_model_params *params, size_t struct_s
  * Weights may be the fp16 variant files (see prefer_fp16); pickle .bin files are refused. Weights
  * stay in their stored dtype, mapped from the file.
  * Weights may be stored as F32, F16 or BF16. Every byte is validated before use.
+ * path may also be a single-file checkpoint in the original SD 1.x / 2.x layout, with
+ * params->config_from naming the pipeline folder that describes it (see config_from).
  * params may be NULL (defaults). On success *out_model owns the model; free it with
  * diffusion_model_free. On failure *out_model is set to NULL. */
 diffusion_status diffusion_model_load(const char *path, const diffusion_model_params *params,

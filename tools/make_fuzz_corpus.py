@@ -10,7 +10,12 @@ import json
 import os
 import shutil
 import struct
+import sys
+import tempfile
 import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from single_file_layout import write_single_file  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIX = os.path.join(ROOT, "Tests", "Fixtures")
@@ -94,6 +99,21 @@ def main():
                "don't STOP 123,456 é ü 日本語 🤖", "a" * 300, "(masterpiece:1.2), [blue], {x|y}", "\t\n\r"]
     for i, p in enumerate(prompts):
         write("prompt", f"p{i}", p.encode())
+    # single_file: the tiny pipelines as original-layout checkpoints, header only (every tensor
+    # empty, so loading ends at the first shape check, after the key maps), and the standalone
+    # VAE's keys (unprefixed: refused as a whole checkpoint).
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("sd1", "sd2", "vae"):
+            path = os.path.join(tmp, kind + ".safetensors")
+            write_single_file(os.path.join(FIX, "sd", "sd1" if kind == "vae" else kind), path, kind)
+            with open(path, "rb") as f:
+                data = f.read()
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + n])
+            empty = {k: {"dtype": v["dtype"], "shape": [0], "data_offsets": [0, 0]}
+                     for k, v in header.items() if k != "__metadata__"}
+            body = json.dumps(empty).encode()
+            write("single_file", kind + "_keys", struct.pack("<Q", len(body)) + body)
     # png: the CLI's decoder (init images and masks).
     for name, data in png_seeds().items():
         write("png", name, data)

@@ -4,7 +4,7 @@ import DiffusionCore
 @c @implementation
 public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
     writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false, memory_limit: 0,
-                                         precision: Int32(DIFFUSION_PRECISION_F32.rawValue)),
+                                         precision: Int32(DIFFUSION_PRECISION_F32.rawValue), config_from: nil),
                   to: params, size: structSize)
 }
 
@@ -48,7 +48,8 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
             throw invalid("precision \(p.precision) is not a diffusion_precision (DIFFUSION_PRECISION_F32 = 0, DIFFUSION_PRECISION_BF16 = 1)")
         }
         let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16,
-                                       memoryLimit: p.memory_limit, precision: precision)
+                                       memoryLimit: p.memory_limit, precision: precision,
+                                       configFrom: try p.config_from.map { try string($0, "config_from") })
         outModel.pointee = HandleRegistry.shared.register(ModelHandle(model))
     }
 }

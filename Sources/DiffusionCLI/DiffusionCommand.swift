@@ -21,8 +21,11 @@ func defaultModelPath() -> String {
 }
 
 struct ModelOption: ParsableArguments {
-    @Option(help: "Model folder (diffusers layout). Default: the shipped digits model.")
+    @Option(help: "Model folder (diffusers layout), or a single-file SD 1.x / 2.x checkpoint (.safetensors) with --config-from. Default: the shipped digits model.")
     var model: String?
+
+    @Option(help: ArgumentHelp("For a single-file --model: the diffusers pipeline folder giving its configs, tokenizer and scheduler.", valueName: "dir"))
+    var configFrom: String?
 
     @Option(help: "Threads for the network (default: the CPUs this process may run on).")
     var threads: Int = 0
@@ -38,7 +41,7 @@ struct ModelOption: ParsableArguments {
 
     func load() throws -> DiffusionModel {
         try DiffusionModel(path: model ?? defaultModelPath(), threads: threads, preferFP16: preferFP16,
-                           memoryLimit: memoryLimit?.bytes ?? 0, precision: precision)
+                           memoryLimit: memoryLimit?.bytes ?? 0, precision: precision, configFrom: configFrom)
     }
 }
 

@@ -7,6 +7,8 @@
 //                     model_index, unet, vae, text encoder, tokenizer configs, scheduler)
 //   tokenizer         its vocab.json or merges.txt (first byte picks)
 //   prompt            any bytes as a prompt: tokenize and encode
+//   single_file       a single-file SD checkpoint (original key layout) loaded with config_from
+//                     the tiny SD pipeline: the key maps of the UNet, VAE, CLIP and OpenCLIP
 //
 // Each input is written into a private copy of a fixture folder (made once, under /dev/shm when it
 // exists), then the library loads it and, when that works, runs a little of everything that reads
@@ -32,6 +34,7 @@
 #define TARGET_pipeline_config 4
 #define TARGET_tokenizer 5
 #define TARGET_prompt 6
+#define TARGET_single_file 7
 
 static char g_dir[4096];
 
@@ -200,6 +203,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     if (diffusion_model_get_info(g_pipeline, &info) != DIFFUSION_OK) exit(2);
     g_state_count = (size_t)info.context_length * (size_t)info.context_width;
     g_states = malloc(g_state_count * sizeof(float));
+#elif FUZZ_TARGET == TARGET_single_file
+    copy_fixture("sd/sd1");
 #else
 #error "define FUZZ_TARGET"
 #endif
@@ -252,6 +257,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)diffusion_model_tokenize(g_pipeline, prompt, ids, 80, &count);
     if (size < 4096) (void)diffusion_model_encode_prompt(g_pipeline, prompt, (int32_t)(size % 3), g_states, g_state_count);
     free(prompt);
+#elif FUZZ_TARGET == TARGET_single_file
+    write_file("checkpoint.safetensors", data, size);
+    char path[8192];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", g_dir);
+    diffusion_model_params mp;
+    diffusion_model_params_init(&mp, sizeof mp);
+    mp.n_threads = 1;
+    mp.memory_limit = 4ull << 30;
+    mp.config_from = g_dir;
+    diffusion_model *m = NULL;
+    if (diffusion_model_load(path, &mp, &m) == DIFFUSION_OK) {
+        exercise_pipeline(m, "a photo of a cat");
+        diffusion_model_free(m);
+    }
 #endif
     return 0;
 }

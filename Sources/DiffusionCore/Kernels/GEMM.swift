@@ -161,18 +161,12 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
         gemmTileBF16(plan, job, a: a, b: b, out: out, bias: bias, aScratch: aScratch, bScratch: bScratch)
         return
     }
-    let mr = MicroKernel.rows, nr = MicroKernel.cols
-    let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
-    let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
-    let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
-    let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
+    let mr = MicroKernel.rows, nr = MicroKernel.cols, k = plan.k, kc = plan.kc
+    let (row0, col0, rows, cols, rowPanels, colPanels) = plan.tile(job)
     // Slabs only for operands that are not already packed float32, in the caller's per-thread
     // scratch (a tile allocates nothing: it runs on the workers, where a failure could not be
     // reported).
-    // C = A · B: the first k block writes C instead of adding to it (no zero fill).
-    let zeroStart: Bool
-    if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
-    if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
+    let zeroStart = startTile(plan, job, out: out, bias: bias)
     var k0 = 0
     while k0 < k {
         let depth = min(kc, k - k0)
@@ -243,6 +237,28 @@ func gemmTile<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A
 func slabPointer(_ scratch: UnsafeMutablePointer<Float>?) -> UnsafeMutablePointer<Float> {
     guard let scratch else { preconditionFailure("a gemm tile packs an operand but was given no scratch") }
     return scratch
+}
+
+extension GEMMPlan {
+    /// Where tile `job` sits in C: its first row and column, its extent, and its panels.
+    @inline(__always)
+    func tile(_ job: Int) -> (row0: Int, col0: Int, rows: Int, cols: Int, rowPanels: Int, colPanels: Int) {
+        let mr = MicroKernel.rows, nr = MicroKernel.cols
+        let row0 = (job % mTiles) * tileM * mr, col0 = (job / mTiles) * tileN * nr
+        let rows = min(tileM * mr, m - row0), cols = min(tileN * nr, n - col0)
+        return (row0, col0, rows, cols, (rows + mr - 1) / mr, (cols + nr - 1) / nr)
+    }
+}
+
+/// Prepares tile `job`'s part of C and says whether the first k block is to overwrite it: C = A · B
+/// (no bias) writes C in its first block instead of adding to a zero fill; otherwise C starts as
+/// the bias (or as is, to accumulate).
+@inline(__always)
+func startTile(_ plan: GEMMPlan, _ job: Int, out: GEMMOutput, bias: GEMMBias) -> Bool {
+    if case .none = bias, plan.k > 0 { return true }
+    let t = plan.tile(job)
+    initializeTile(out, bias: bias, row0: t.row0, rows: t.rows, col0: t.col0, colPanels: t.colPanels)
+    return false
 }
 
 /// The tile's part of C before the first slab: zero or the bias (or left as is to accumulate).

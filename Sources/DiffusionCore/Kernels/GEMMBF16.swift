@@ -7,14 +7,9 @@ import CDiffusion
 func gemmTileBF16<A: PanelSource, B: PanelSource>(_ plan: GEMMPlan, _ job: Int, a: A, b: B, out: GEMMOutput,
                                                   bias: GEMMBias, aScratch: UnsafeMutablePointer<Float>?,
                                                   bScratch: UnsafeMutablePointer<Float>?) {
-    let mr = MicroKernel.rows, nr = MicroKernel.cols
-    let m = plan.m, n = plan.n, k = plan.k, kc = plan.kc
-    let row0 = (job % plan.mTiles) * plan.tileM * mr, col0 = (job / plan.mTiles) * plan.tileN * nr
-    let rows = min(plan.tileM * mr, m - row0), cols = min(plan.tileN * nr, n - col0)
-    let rowPanels = (rows + mr - 1) / mr, colPanels = (cols + nr - 1) / nr
-    let zeroStart: Bool
-    if case .none = bias, k > 0 { zeroStart = true } else { zeroStart = false }
-    if !zeroStart { initializeTile(out, bias: bias, row0: row0, rows: rows, col0: col0, colPanels: colPanels) }
+    let mr = MicroKernel.rows, nr = MicroKernel.cols, k = plan.k, kc = plan.kc
+    let (row0, col0, rows, cols, rowPanels, colPanels) = plan.tile(job)
+    let zeroStart = startTile(plan, job, out: out, bias: bias)
     // A partial row panel of an A read as rows, packed (zero past the last row).
     withUnsafeTemporaryAllocation(of: UInt32.self, capacity: mr * ((kc + 1) / 2)) { edgeBuffer in
     let edgePanel = edgeBuffer.baseAddress!

@@ -48,9 +48,28 @@ public final class DiffusionModel {
     /// or a pipeline folder (model_index.json + unet/ [+ scheduler/ and the other components]).
     /// `memoryLimit` in bytes, 0 for the machine's physical memory: loading weights larger than
     /// it, and work whose weights plus working memory exceed it, fail with OUT_OF_MEMORY.
-    public init(path: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0,
-                precision: Precision = .exact) throws {
-        let folder = try PipelineFolder(path: path, preferFP16: preferFP16, precision: precision)
+    /// `path` may also be a single-file checkpoint (original SD 1.x / 2.x layout, `.safetensors`):
+    /// `configFrom` then names the diffusers pipeline folder that gives the configs, tokenizer and
+    /// scheduler (it need not hold weights).
+    public init(path modelPath: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0,
+                precision: Precision = .exact, configFrom: String? = nil) throws {
+        let folder: PipelineFolder
+        if FileIO.isRegularFile(modelPath) {
+            guard let configFrom, !configFrom.isEmpty else {
+                throw DiffusionError(.unsupported, "\(modelPath) is a single file: pass config_from, a diffusers pipeline folder with its configs, tokenizer and scheduler (built-in SD 1.x / 2.x configs are not in this version)")
+            }
+            let checkpoint = try SingleFileCheckpoint(path: modelPath)
+            folder = try PipelineFolder(path: configFrom, preferFP16: preferFP16, precision: precision, singleFile: checkpoint)
+            guard folder.isPipeline else {
+                throw DiffusionError(.io, "config_from \(configFrom) is not a diffusers pipeline folder (no model_index.json)")
+            }
+        } else {
+            if let configFrom, !configFrom.isEmpty {
+                throw DiffusionError(.invalidArgument, "config_from (\(configFrom)) is for single-file checkpoints; \(modelPath) is a folder")
+            }
+            folder = try PipelineFolder(path: modelPath, preferFP16: preferFP16, precision: precision)
+        }
+        let path = folder.path
         self.precision = precision
         if let cls = folder.pipelineClass, !DiffusionModel.pipelineClasses.contains(cls) {
             throw DiffusionError(.unsupported, "\(path)/model_index.json: _class_name \"\(cls)\" is not supported (supported: \(DiffusionModel.pipelineClasses.sorted().joined(separator: ", ")))")
@@ -98,9 +117,12 @@ public final class DiffusionModel {
                 throw DiffusionError(.unsupported, "_class_name \"\(className)\" is not supported (supported: UNet2DModel, UNet2DConditionModel)")
             }
         } catch let e as DiffusionError {
-            throw e.message.hasPrefix(configPath) || e.message.hasPrefix(weights.path) ? e
+            let named = e.message.hasPrefix(configPath) || e.message.hasPrefix(weights.path)
+                || folder.singleFile.map { e.message.contains($0.file.path) } == true
+            throw named ? e
                 : e.context(e.code == .modelMismatch ? weights.path : configPath)
         }
+        try folder.singleFile?.checkEveryKeyRead()
 
         var name = "ddpm"
         var scheduler = SchedulerConfig(for: name)
@@ -136,7 +158,7 @@ public final class DiffusionModel {
         self.threads = threads > 0 ? threads : cpuCount()
         var budget = MemoryBudget(limit: memoryLimit)
         budget.reserved = Double(unetWeights.plannedBytes + (latent?.weightBytes ?? 0))
-        try budget.check(0, "loading \(path)")
+        try budget.check(0, "loading \(modelPath)")
         self.budget = budget
         latent?.vae.budget = budget
         self.info = info

@@ -9,8 +9,13 @@ public struct PipelineFolder {
     public let preferFP16: Bool
     /// The precision of the files `weights` opens (unless told otherwise).
     public let precision: Precision
+    /// Where the weights come from instead of the component folders: a single-file checkpoint
+    /// (this folder then gives the configs, the tokenizer and the scheduler only).
+    public let singleFile: SingleFileCheckpoint?
 
-    public init(path: String, preferFP16: Bool = false, precision: Precision = .exact) throws {
+    public init(path: String, preferFP16: Bool = false, precision: Precision = .exact,
+                singleFile: SingleFileCheckpoint? = nil) throws {
+        self.singleFile = singleFile
         guard FileIO.isDirectory(path) else {
             throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
         }
@@ -60,6 +65,9 @@ public struct PipelineFolder {
     /// is absent (or preferred). Pickle-only folders are refused by name. The file computes in
     /// `precision`, else the folder's.
     public func weights(_ component: String, stem: String, precision: Precision? = nil) throws -> SafeTensorsFile {
+        if let singleFile {
+            return try singleFile.component(component, config: try config(component).0, precision: precision ?? self.precision)
+        }
         let dir = try folder(component)
         let plain = "\(dir)/\(stem).safetensors", fp16 = "\(dir)/\(stem).fp16.safetensors"
         let order = preferFP16 ? [fp16, plain] : [plain, fp16]

@@ -119,6 +119,8 @@ public final class SafeTensorsFile {
     private let mapLength: Int
     /// Byte offset of the data section within the file.
     private let dataStart: Int
+    /// For a view (one component of a single-file checkpoint): the file that owns the mapping.
+    private let owner: SafeTensorsFile?
 
     /// Safetensors headers larger than this are refused (the format's own reader caps at 100 MB).
     public static let maxHeaderLength = 100_000_000
@@ -175,13 +177,30 @@ public final class SafeTensorsFile {
         unreadable = parsed.unreadable
         names = (Array(parsed.tensors.keys) + Array(parsed.unreadable.keys)).sorted()
         metadata = parsed.metadata
+        owner = nil
+    }
+
+    /// A view of some of `file`'s tensors under other names (and shapes of the same element
+    /// count), over the same mapping: a component of a single-file checkpoint as the layers'
+    /// loaders name it. `label` names it in messages ("path (unet)").
+    public init(view file: SafeTensorsFile, tensors table: [String: TensorInfo], label: String) {
+        owner = file.owner ?? file
+        path = label
+        mapBase = file.mapBase
+        dataStart = file.dataStart
+        tensors = table
+        unreadable = [:]
+        names = table.keys.sorted()
+        metadata = file.metadata
+        mapLength = table.values.reduce(0) { $0 + $1.byteRange.count }
+        precision = file.precision
     }
 
     deinit {
-        munmap(mapBase, mapLength)
+        if owner == nil { munmap(mapBase, mapLength) }
     }
 
-    /// Bytes mapped (the whole file).
+    /// Bytes mapped (the whole file; a view: its tensors' bytes).
     public var mappedBytes: Int { mapLength }
 
     /// The weights' planned memory: the mapping plus what the layers' packed copies hold beyond
@@ -200,7 +219,21 @@ public final class SafeTensorsFile {
     }
 
     /// The tensor's description, or nil when it is absent or of a dtype this library does not read.
-    public func info(_ name: String) -> TensorInfo? { tensors[name] }
+    public func info(_ name: String) -> TensorInfo? {
+        if tracksReads { reads.withLock { _ = $0.insert(name) } }
+        return tensors[name]
+    }
+
+    /// Whether `info` records the names asked for (a single-file component, whose keys must all
+    /// be used by the model built from it).
+    public var tracksReads = false
+    private let reads = Locked<Set<String>>([])
+
+    /// Tensors no one asked for, sorted.
+    public var unreadNames: [String] {
+        let asked = reads.withLock { $0 }
+        return names.filter { !asked.contains($0) }
+    }
 
     /// Hands the mapping's resident pages back to the page cache (they fault in again, from the
     /// cache, when next read): a pipeline stage that is done with a component stops counting its
@@ -208,7 +241,11 @@ public final class SafeTensorsFile {
     /// Layers' packed copies of its weights are freed too (they pack again when next used).
     public func releaseResidentPages() {
         for p in packedCopies.withLock({ $0.compactMap(\.value) }) { p.drop() }
-        _ = madvise(mapBase, mapLength, MADV_DONTNEED)
+        if owner == nil {
+            _ = madvise(mapBase, mapLength, MADV_DONTNEED)
+        } else {
+            for info in tensors.values { releasePages(rawBytes(info)) }
+        }
     }
 
     private struct WeakPacked { weak var value: PackedPanels? }
@@ -234,7 +271,7 @@ public final class SafeTensorsFile {
 
     /// Looks `name` up and checks its shape.
     public func checkedInfo(_ name: String, shape: [Int]) throws -> TensorInfo {
-        guard let t = tensors[name] else {
+        guard let t = info(name) else {
             if let u = unreadable[name] {
                 throw DiffusionError(.unsupported, "tensor '\(name)' has dtype \(u.dtype), which this library does not read, in \(path)")
             }

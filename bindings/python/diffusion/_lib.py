@@ -50,6 +50,7 @@ class ModelParams(ctypes.Structure):
         ("prefer_fp16", ctypes.c_bool),
         ("memory_limit", ctypes.c_uint64),
         ("precision", ctypes.c_int32),
+        ("config_from", ctypes.c_char_p),
     ]
 
 

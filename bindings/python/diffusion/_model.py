@@ -42,10 +42,13 @@ class Model(Closing, LatentFacet):
     the UNet's and VAE's convolutions and linear layers in bfloat16 with float32 sums, about 2e-2
     relative error per evaluation; on a CPU without AVX512-BF16 it is emulated, giving the same
     bytes more slowly: ``info["precision_native"]`` tells).
+    ``config_from``: when ``path`` is a single-file checkpoint (``.safetensors`` in the original
+    SD 1.x / 2.x layout), the diffusers pipeline folder giving its configs, tokenizer and scheduler
+    (weight files in it are not read).
     """
 
     def __init__(self, path, threads: int | None = None, *, prefer_fp16: bool = False,
-                 memory_limit: int | None = None, precision: str = "f32"):
+                 memory_limit: int | None = None, precision: str = "f32", config_from=None):
         self._handle = None  # set first, so __del__ works whatever happens below
         self._lock = threading.Lock()
         self._users = 0  # in-flight predictions + open samplers
@@ -60,6 +63,8 @@ class Model(Closing, LatentFacet):
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
         params.precision = _PRECISIONS.index(precision)
+        config_from_c = None if config_from is None else _c_string("config_from", os.fspath(config_from))
+        params.config_from = config_from_c
         handle = ctypes.c_void_p()
         _check(lib.model_load(_c_string("path", self.path), ctypes.byref(params), ctypes.byref(handle)))
         if not handle.value:

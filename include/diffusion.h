@@ -145,6 +145,10 @@ typedef struct diffusion_model_params {
        text block) are ignored; any other key the model does not use, or a missing one, is
        DIFFUSION_ERROR_MODEL_MISMATCH naming it. */
     const char *config_from;
+    /* A standalone VAE file (original layout without prefix, as
+       vae-ft-mse-840000-ema-pruned.safetensors) whose weights replace a Stable Diffusion
+       pipeline's VAE; its config stays the pipeline's. NULL (default): the pipeline's own. */
+    const char *vae;
 } diffusion_model_params;
 
 /* Fills *params with defaults: the first struct_size bytes (pass sizeof(diffusion_model_params)

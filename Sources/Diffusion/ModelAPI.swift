@@ -4,7 +4,7 @@ import DiffusionCore
 @c @implementation
 public func diffusion_model_params_init(_ params: UnsafeMutablePointer<diffusion_model_params>!, _ structSize: Int) {
     writeDefaults(diffusion_model_params(struct_size: 0, n_threads: 0, prefer_fp16: false, memory_limit: 0,
-                                         precision: Int32(DIFFUSION_PRECISION_F32.rawValue), config_from: nil),
+                                         precision: Int32(DIFFUSION_PRECISION_F32.rawValue), config_from: nil, vae: nil),
                   to: params, size: structSize)
 }
 
@@ -49,7 +49,8 @@ public func diffusion_model_load(_ path: UnsafePointer<CChar>!, _ params: Unsafe
         }
         let model = try DiffusionModel(path: try string(path, "path"), threads: Int(p.n_threads), preferFP16: p.prefer_fp16,
                                        memoryLimit: p.memory_limit, precision: precision,
-                                       configFrom: try p.config_from.map { try string($0, "config_from") })
+                                       configFrom: try p.config_from.map { try string($0, "config_from") },
+                                       vae: try p.vae.map { try string($0, "vae") })
         outModel.pointee = HandleRegistry.shared.register(ModelHandle(model))
     }
 }

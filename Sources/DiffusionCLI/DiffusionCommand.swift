@@ -27,6 +27,9 @@ struct ModelOption: ParsableArguments {
     @Option(help: ArgumentHelp("For a single-file --model: the diffusers pipeline folder giving its configs, tokenizer and scheduler.", valueName: "dir"))
     var configFrom: String?
 
+    @Option(help: ArgumentHelp("A standalone VAE file (original layout, e.g. vae-ft-mse-840000-ema-pruned.safetensors) replacing the pipeline's VAE.", valueName: "file"))
+    var vae: String?
+
     @Option(help: "Threads for the network (default: the CPUs this process may run on).")
     var threads: Int = 0
 
@@ -41,7 +44,7 @@ struct ModelOption: ParsableArguments {
 
     func load() throws -> DiffusionModel {
         try DiffusionModel(path: model ?? defaultModelPath(), threads: threads, preferFP16: preferFP16,
-                           memoryLimit: memoryLimit?.bytes ?? 0, precision: precision, configFrom: configFrom)
+                           memoryLimit: memoryLimit?.bytes ?? 0, precision: precision, configFrom: configFrom, vae: vae)
     }
 }
 

@@ -325,6 +325,17 @@ grep -q "from $tmp/init.png at strength 0.5" "$tmp/out.txt" || fail "sd img2img 
 "$cli" generate --model "$sd/sd1" --prompt "a cat" --mask "$tmp/mask.png" --output "$tmp/x.png" >/dev/null 2>"$tmp/err.txt"
 [ $? -eq 64 ] || fail "--mask without --init: $(cat "$tmp/err.txt")"
 
+# A single-file checkpoint (the tiny sd1 pipeline in the original layout) with --config-from and --vae.
+python3 "$(dirname "$0")/../../tools/single_file_layout.py" "$sd/sd1" "$tmp/sd1.safetensors" --kind sd1 >/dev/null \
+    && python3 "$(dirname "$0")/../../tools/single_file_layout.py" "$sd/sd1" "$tmp/vae.safetensors" --kind vae >/dev/null \
+    || fail "tools/single_file_layout.py failed"
+"$cli" generate --model "$sd/sd1" --prompt "a cat" --steps 2 --seed 3 --output "$tmp/folder.png" >/dev/null 2>&1 || fail "sd1 generate exited $?"
+"$cli" generate --model "$tmp/sd1.safetensors" --config-from "$sd/sd1" --vae "$tmp/vae.safetensors" --prompt "a cat" \
+    --steps 2 --seed 3 --output "$tmp/file.png" >/dev/null 2>&1 || fail "single-file generate exited $?"
+cmp -s "$tmp/folder.png" "$tmp/file.png" || fail "the single file's image differs from the folder's"
+"$cli" info --model "$tmp/sd1.safetensors" >/dev/null 2>"$tmp/err.txt"
+[ $? -eq 1 ] && [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] && grep -q "config_from" "$tmp/err.txt" || fail "single file without --config-from: $(cat "$tmp/err.txt")"
+
 # Threads default to the CPUs the process may use (its affinity mask), not every online CPU.
 if command -v taskset >/dev/null; then
     out="$(taskset -c 0 "$cli" info --model "$fixtures/plain")" || fail "info under taskset exited $?"

@@ -51,15 +51,19 @@ public final class DiffusionModel {
     /// `path` may also be a single-file checkpoint (original SD 1.x / 2.x layout, `.safetensors`):
     /// `configFrom` then names the diffusers pipeline folder that gives the configs, tokenizer and
     /// scheduler (it need not hold weights).
+    /// `vae`: a standalone VAE file (original layout, as vae-ft-mse-840000-ema-pruned.safetensors)
+    /// whose weights replace the pipeline's VAE (its config stays the pipeline's).
     public init(path modelPath: String, threads: Int, preferFP16: Bool = false, memoryLimit: UInt64 = 0,
-                precision: Precision = .exact, configFrom: String? = nil) throws {
+                precision: Precision = .exact, configFrom: String? = nil, vae vaePath: String? = nil) throws {
+        let vaeFile = try vaePath.flatMap { $0.isEmpty ? nil : try SingleFileCheckpoint(path: $0, vaeOnly: true) }
         let folder: PipelineFolder
         if FileIO.isRegularFile(modelPath) {
             guard let configFrom, !configFrom.isEmpty else {
                 throw DiffusionError(.unsupported, "\(modelPath) is a single file: pass config_from, a diffusers pipeline folder with its configs, tokenizer and scheduler (built-in SD 1.x / 2.x configs are not in this version)")
             }
             let checkpoint = try SingleFileCheckpoint(path: modelPath)
-            folder = try PipelineFolder(path: configFrom, preferFP16: preferFP16, precision: precision, singleFile: checkpoint)
+            folder = try PipelineFolder(path: configFrom, preferFP16: preferFP16, precision: precision, singleFile: checkpoint,
+                                        vaeFile: vaeFile)
             guard folder.isPipeline else {
                 throw DiffusionError(.io, "config_from \(configFrom) is not a diffusers pipeline folder (no model_index.json)")
             }
@@ -67,7 +71,7 @@ public final class DiffusionModel {
             if let configFrom, !configFrom.isEmpty {
                 throw DiffusionError(.invalidArgument, "config_from (\(configFrom)) is for single-file checkpoints; \(modelPath) is a folder")
             }
-            folder = try PipelineFolder(path: modelPath, preferFP16: preferFP16, precision: precision)
+            folder = try PipelineFolder(path: modelPath, preferFP16: preferFP16, precision: precision, vaeFile: vaeFile)
         }
         let path = folder.path
         self.precision = precision
@@ -76,6 +80,9 @@ public final class DiffusionModel {
         }
         let (unetJSON, configPath) = try folder.config("unet")
         let className = unetJSON["_class_name"]?.stringValue ?? "UNet2DModel"
+        if vaeFile != nil, className != "UNet2DConditionModel" {
+            throw DiffusionError(.invalidArgument, "vae (\(vaePath ?? "")) replaces a Stable Diffusion pipeline's VAE; \(modelPath) has no VAE")
+        }
         let weights = try folder.weights("unet", stem: "diffusion_pytorch_model")
         unetWeights = weights
         var info = ModelInfo()
@@ -119,10 +126,12 @@ public final class DiffusionModel {
         } catch let e as DiffusionError {
             let named = e.message.hasPrefix(configPath) || e.message.hasPrefix(weights.path)
                 || folder.singleFile.map { e.message.contains($0.file.path) } == true
+                || folder.vaeFile.map { e.message.contains($0.file.path) } == true
             throw named ? e
                 : e.context(e.code == .modelMismatch ? weights.path : configPath)
         }
         try folder.singleFile?.checkEveryKeyRead()
+        try folder.vaeFile?.checkEveryKeyRead()
 
         var name = "ddpm"
         var scheduler = SchedulerConfig(for: name)

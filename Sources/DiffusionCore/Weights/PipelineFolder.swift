@@ -12,10 +12,13 @@ public struct PipelineFolder {
     /// Where the weights come from instead of the component folders: a single-file checkpoint
     /// (this folder then gives the configs, the tokenizer and the scheduler only).
     public let singleFile: SingleFileCheckpoint?
+    /// A standalone VAE file (vae-ft-mse layout) that replaces the pipeline's VAE weights.
+    public let vaeFile: SingleFileCheckpoint?
 
     public init(path: String, preferFP16: Bool = false, precision: Precision = .exact,
-                singleFile: SingleFileCheckpoint? = nil) throws {
+                singleFile: SingleFileCheckpoint? = nil, vaeFile: SingleFileCheckpoint? = nil) throws {
         self.singleFile = singleFile
+        self.vaeFile = vaeFile
         guard FileIO.isDirectory(path) else {
             throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
         }
@@ -65,6 +68,9 @@ public struct PipelineFolder {
     /// is absent (or preferred). Pickle-only folders are refused by name. The file computes in
     /// `precision`, else the folder's.
     public func weights(_ component: String, stem: String, precision: Precision? = nil) throws -> SafeTensorsFile {
+        if component == "vae", let vaeFile {
+            return try vaeFile.component(component, config: try config(component).0, precision: precision ?? self.precision)
+        }
         if let singleFile {
             return try singleFile.component(component, config: try config(component).0, precision: precision ?? self.precision)
         }

@@ -38,6 +38,9 @@ public final class SingleFileCheckpoint {
         let prefixes = vaeOnly ? [("", "vae")]
             : [("model.diffusion_model.", "unet"), ("first_stage_model.", "vae"),
                ("cond_stage_model.transformer.", "text_encoder"), ("cond_stage_model.model.", "text_encoder")]
+        if vaeOnly, let whole = file.names.first(where: { $0.hasPrefix("first_stage_model.") || $0.hasPrefix("model.diffusion_model.") }) {
+            throw DiffusionError(.modelMismatch, "\(path) is a whole Stable Diffusion checkpoint ('\(whole)'), not a standalone VAE file (its keys start with encoder., decoder., quant_conv., post_quant_conv.)")
+        }
         for name in file.names {
             if Self.ignoredKeys.contains(name) || name.hasPrefix("model_ema.") { continue }
             guard let (prefix, component) = prefixes.first(where: { name.hasPrefix($0.0) }) else {

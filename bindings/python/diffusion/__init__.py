@@ -112,12 +112,12 @@ def library_path() -> str:
 
 
 def load(path, threads: int | None = None, *, prefer_fp16: bool = False, memory_limit: int | None = None,
-         precision: str = "f32", config_from=None) -> "Model":
+         precision: str = "f32", config_from=None, vae=None) -> "Model":
     """Loads a model or pipeline folder (diffusers layout), e.g. a UNet2DModel folder or a Stable
     Diffusion 1.x / 2.x pipeline, or a single-file SD checkpoint with ``config_from`` (a pipeline
-    folder giving its configs); see :class:`Model`."""
+    folder giving its configs), optionally with a standalone ``vae`` file; see :class:`Model`."""
     return Model(path, threads=threads, prefer_fp16=prefer_fp16, memory_limit=memory_limit, precision=precision,
-                 config_from=config_from)
+                 config_from=config_from, vae=vae)
 
 
 def scheduler_names() -> list:

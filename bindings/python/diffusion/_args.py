@@ -62,7 +62,7 @@ def _labels(name: str, value) -> np.ndarray:
 
 def _c_string(name: str, value) -> bytes:
     """UTF-8 bytes for a const char * argument (a NUL inside would silently cut it short)."""
-    raw = os.fsencode(value) if name in ("path", "config_from") else (value.encode("utf-8") if isinstance(value, str) else bytes(value))
+    raw = os.fsencode(value) if name in ("path", "config_from", "vae") else (value.encode("utf-8") if isinstance(value, str) else bytes(value))
     if b"\0" in raw:
         raise ValueError(f"{name} contains a NUL character")
     return raw

@@ -51,6 +51,7 @@ class ModelParams(ctypes.Structure):
         ("memory_limit", ctypes.c_uint64),
         ("precision", ctypes.c_int32),
         ("config_from", ctypes.c_char_p),
+        ("vae", ctypes.c_char_p),
     ]
 
 

@@ -45,10 +45,12 @@ class Model(Closing, LatentFacet):
     ``config_from``: when ``path`` is a single-file checkpoint (``.safetensors`` in the original
     SD 1.x / 2.x layout), the diffusers pipeline folder giving its configs, tokenizer and scheduler
     (weight files in it are not read).
+    ``vae``: a standalone VAE file (original layout, as ``vae-ft-mse-840000-ema-pruned.safetensors``)
+    whose weights replace a Stable Diffusion pipeline's VAE.
     """
 
     def __init__(self, path, threads: int | None = None, *, prefer_fp16: bool = False,
-                 memory_limit: int | None = None, precision: str = "f32", config_from=None):
+                 memory_limit: int | None = None, precision: str = "f32", config_from=None, vae=None):
         self._handle = None  # set first, so __del__ works whatever happens below
         self._lock = threading.Lock()
         self._users = 0  # in-flight predictions + open samplers
@@ -65,6 +67,8 @@ class Model(Closing, LatentFacet):
         params.precision = _PRECISIONS.index(precision)
         config_from_c = None if config_from is None else _c_string("config_from", os.fspath(config_from))
         params.config_from = config_from_c
+        vae_c = None if vae is None else _c_string("vae", os.fspath(vae))
+        params.vae = vae_c
         handle = ctypes.c_void_p()
         _check(lib.model_load(_c_string("path", self.path), ctypes.byref(params), ctypes.byref(handle)))
         if not handle.value:

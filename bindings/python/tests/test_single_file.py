@@ -160,3 +160,35 @@ def test_not_a_checkpoint(tmp_path):
     _error(_load(path), Status.ERROR_MODEL_MISMATCH, "model.diffusion_model")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{]}xx")
     _error(_load(tmp_path / "garbage.safetensors"), Status.ERROR_INVALID_FILE, "garbage.safetensors")
+
+
+# ---- a standalone VAE file replacing a pipeline's VAE ----------------------------------------
+
+
+def test_standalone_vae_replaces_the_pipelines():
+    # sd1's own VAE as a vae-ft-mse-style file: the images are the folder's, bitwise; on sd2 (same VAE
+    # shapes, other weights) it changes the decoded images, so the file's weights are the ones used.
+    vae = single_file("vae.safetensors")
+    with diffusion.load(helpers.sd_pipeline("sd1")) as p:
+        want = p.generate("a cat", **RUN)
+    with diffusion.load(helpers.sd_pipeline("sd1"), vae=vae) as p:
+        assert np.array_equal(p.generate("a cat", **RUN), want)
+    with diffusion.load(single_file("sd1.safetensors"), config_from=helpers.sd_pipeline("sd1"), vae=vae) as p:
+        assert np.array_equal(p.generate("a cat", **RUN), want)
+    with diffusion.load(helpers.sd_pipeline("sd2")) as p:
+        own = p.generate("a cat", **RUN)
+    with diffusion.load(helpers.sd_pipeline("sd2"), vae=vae) as p:
+        assert not np.array_equal(p.generate("a cat", **RUN), own)
+
+
+def test_standalone_vae_errors(tmp_path):
+    _error(lambda: diffusion.load(helpers.unet_dir("plain"), vae=single_file("vae.safetensors")),
+           Status.ERROR_INVALID_ARGUMENT, "has no VAE")
+    # A whole checkpoint given as the VAE: its keys carry prefixes a VAE file does not have.
+    _error(lambda: diffusion.load(helpers.sd_pipeline("sd1"), vae=single_file("sd1.safetensors")),
+           Status.ERROR_MODEL_MISMATCH, "whole Stable Diffusion checkpoint")
+    tensors = _tensors(single_file("vae.safetensors"))
+    tensors.pop("decoder.up.0.block.1.conv2.weight")
+    _save(tmp_path / "vae_missing.safetensors", tensors)
+    _error(lambda: diffusion.load(helpers.sd_pipeline("sd1"), vae=tmp_path / "vae_missing.safetensors"),
+           Status.ERROR_MODEL_MISMATCH, "decoder.up_blocks.3.resnets.1.conv2.weight")

@@ -57,7 +57,7 @@ public final class DiffusionModel {
                 precision: Precision = .exact, configFrom: String? = nil, vae vaePath: String? = nil) throws {
         let vaeFile = try vaePath.flatMap { $0.isEmpty ? nil : try SingleFileCheckpoint(path: $0, vaeOnly: true) }
         let folder: PipelineFolder
-        if FileIO.isRegularFile(modelPath) {
+        if FileIO.isRegularFile(modelPath), modelPath.lowercased().hasSuffix(".safetensors") {
             guard let configFrom, !configFrom.isEmpty else {
                 throw DiffusionError(.unsupported, "\(modelPath) is a single file: pass config_from, a diffusers pipeline folder with its configs, tokenizer and scheduler (built-in SD 1.x / 2.x configs are not in this version)")
             }

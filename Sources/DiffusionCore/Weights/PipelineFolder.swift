@@ -20,7 +20,7 @@ public struct PipelineFolder {
         self.singleFile = singleFile
         self.vaeFile = vaeFile
         guard FileIO.isDirectory(path) else {
-            throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder" : "model folder \(path) does not exist")
+            throw DiffusionError(.io, FileIO.exists(path) ? "\(path) is not a folder (nor a .safetensors single-file checkpoint)" : "model folder \(path) does not exist")
         }
         self.path = path
         self.preferFP16 = preferFP16

@@ -908,41 +908,42 @@ static void test_images(void) {
 /* A sampler too large for memory (the largest batch and size the library accepts: 13 TB of
    latents) must fail with a status, not abort the process. Run in a child process so that an
    abort is reported as a failure instead of ending the test run. */
-static void test_out_of_memory(void) {
+/* Runs child() in a forked process (so an abort is a reported failure, not the end of the run)
+   and checks that it exits 0; otherwise fails with `what`, the signal or the exit code. */
+static void expect_child_ok(int (*child)(void), const char *what, int line) {
     fflush(NULL);
     pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        g_failures++;
-        return;
-    }
-    if (pid == 0) {
-        alarm(20);
-        diffusion_model *m = NULL;
-        if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) _exit(100);
-        diffusion_sampler_params sp;
-        diffusion_sampler_params_init(&sp, sizeof sp);
-        sp.batch = 4096;
-        sp.height = 16384;
-        sp.width = 16384;
-        diffusion_sampler *s = NULL;
-        diffusion_status st = diffusion_sampler_create(m, &sp, &s);
-        if (st != DIFFUSION_OK) fprintf(stderr, "    (child: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
-        _exit(st == DIFFUSION_ERROR_OUT_OF_MEMORY || st == DIFFUSION_ERROR_INVALID_ARGUMENT ? 0 : 101);
-    }
+    if (pid < 0) { perror("fork"); g_failures++; return; }
+    if (pid == 0) _exit(child());
     int wstatus = 0;
     CHECK(waitpid(pid, &wstatus, 0) == pid);
     g_checks++;
     if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-        char what[256];
-        if (WIFSIGNALED(wstatus))
-            snprintf(what, sizeof what, "diffusion_sampler_create(batch 4096, 16384x16384) killed the process "
-                     "(signal %d) instead of returning DIFFUSION_ERROR_OUT_OF_MEMORY", WTERMSIG(wstatus));
-        else
-            snprintf(what, sizeof what, "diffusion_sampler_create(batch 4096, 16384x16384): child exit %d "
-                     "(expected OUT_OF_MEMORY or INVALID_ARGUMENT)", WEXITSTATUS(wstatus));
-        fail_at(__FILE__, __LINE__, what);
+        char message[400];
+        snprintf(message, sizeof message, "%s: %s %d", what, WIFSIGNALED(wstatus) ? "killed by signal" : "child exit",
+                 WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
+        fail_at(__FILE__, line, message);
     }
+}
+
+static int out_of_memory_child(void) {
+    alarm(20);
+    diffusion_model *m = NULL;
+    if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) return 100;
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.batch = 4096;
+    sp.height = 16384;
+    sp.width = 16384;
+    diffusion_sampler *s = NULL;
+    diffusion_status st = diffusion_sampler_create(m, &sp, &s);
+    if (st != DIFFUSION_OK) fprintf(stderr, "    (child: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+    return st == DIFFUSION_ERROR_OUT_OF_MEMORY || st == DIFFUSION_ERROR_INVALID_ARGUMENT ? 0 : 101;
+}
+
+static void test_out_of_memory(void) {
+    expect_child_ok(out_of_memory_child, "diffusion_sampler_create(batch 4096, 16384x16384) "
+                    "(expected OUT_OF_MEMORY or INVALID_ARGUMENT, never an abort)", __LINE__);
 }
 
 /* Without memory_limit the budget is what the process can have: under an address-space rlimit
@@ -956,6 +957,24 @@ static void test_out_of_memory(void) {
 #endif
 #endif
 
+static int rlimit_budget_child(void) {
+    alarm(60);
+    struct rlimit r = {.rlim_cur = 3ull << 30, .rlim_max = RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &r) != 0) return 102;
+    diffusion_model *m = NULL;
+    if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) return 100;
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.batch = 64; /* estimated 3.8 GB: less than the machine's memory, more than the rlimit */
+    sp.height = sp.width = 256;
+    sp.steps = 1;
+    diffusion_sampler *s = NULL;
+    diffusion_status st = diffusion_sampler_create(m, &sp, &s);
+    fprintf(stderr, "    (child: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+    if (st == DIFFUSION_OK) st = diffusion_sampler_run(s, NULL, NULL); /* aborted here before */
+    return st == DIFFUSION_ERROR_OUT_OF_MEMORY && strstr(diffusion_last_error(), "3.22 GB") ? 0 : 101;
+}
+
 static void test_rlimit_budget(void) {
 #ifdef UNDER_SANITIZER
     /* ASan and TSan map terabytes of shadow memory: under an RLIMIT_AS their own allocator fails
@@ -963,35 +982,7 @@ static void test_rlimit_budget(void) {
     printf("    (rlimit_budget not run under a sanitizer: it cannot live within an RLIMIT_AS)\n");
     return;
 #endif
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) { perror("fork"); g_failures++; return; }
-    if (pid == 0) {
-        alarm(60);
-        struct rlimit r = {.rlim_cur = 3ull << 30, .rlim_max = RLIM_INFINITY};
-        if (setrlimit(RLIMIT_AS, &r) != 0) _exit(102);
-        diffusion_model *m = NULL;
-        if (diffusion_model_load(fixture("plain"), NULL, &m) != DIFFUSION_OK) _exit(100);
-        diffusion_sampler_params sp;
-        diffusion_sampler_params_init(&sp, sizeof sp);
-        sp.batch = 64; /* estimated 3.8 GB: less than the machine's memory, more than the rlimit */
-        sp.height = sp.width = 256;
-        sp.steps = 1;
-        diffusion_sampler *s = NULL;
-        diffusion_status st = diffusion_sampler_create(m, &sp, &s);
-        fprintf(stderr, "    (child: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
-        if (st == DIFFUSION_OK) st = diffusion_sampler_run(s, NULL, NULL); /* aborted here before */
-        _exit(st == DIFFUSION_ERROR_OUT_OF_MEMORY && strstr(diffusion_last_error(), "3.22 GB") ? 0 : 101);
-    }
-    int wstatus = 0;
-    CHECK(waitpid(pid, &wstatus, 0) == pid);
-    g_checks++;
-    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-        char what[200];
-        snprintf(what, sizeof what, "a sampler over RLIMIT_AS: %s %d (expected OUT_OF_MEMORY naming the 3.22 GB limit)",
-                 WIFSIGNALED(wstatus) ? "killed by signal" : "child exit", WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
-        fail_at(__FILE__, __LINE__, what);
-    }
+    expect_child_ok(rlimit_budget_child, "a sampler over RLIMIT_AS (expected OUT_OF_MEMORY naming the 3.22 GB limit)", __LINE__);
 }
 
 /* An allocation the system refuses is an error, never an abort. With a caller's memory_limit far
@@ -1000,57 +991,47 @@ static void test_rlimit_budget(void) {
      OUT_OF_MEMORY naming the refused allocation;
    - a sampler at 16384², whose latent-sized state lives in arrays, is refused at creation;
    then the same model predicts and runs a small sampler. In a forked child. */
+static int allocation_failure_child(void) {
+    alarm(120);
+    struct rlimit r = {.rlim_cur = 6ull << 30, .rlim_max = RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &r) != 0) return 102;
+    diffusion_model_params mp;
+    diffusion_model_params_init(&mp, sizeof mp);
+    mp.memory_limit = 1ull << 40;
+    diffusion_model *m = NULL;
+    if (diffusion_model_load(fixture("plain"), &mp, &m) != DIFFUSION_OK) return 100;
+    const size_t side = 8192, count = 3 * side * side;
+    float *x = calloc(count, sizeof *x), *out = calloc(count, sizeof *out);
+    if (!x || !out) return 103;
+    float t = 10;
+    diffusion_status st = diffusion_model_predict(m, x, 1, 3, (int32_t)side, (int32_t)side, &t, NULL, out, count);
+    fprintf(stderr, "    (child: predict at 8192²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+    if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "refused an allocation")) return 101;
+    free(x);
+    free(out);
+    diffusion_sampler_params sp;
+    diffusion_sampler_params_init(&sp, sizeof sp);
+    sp.height = sp.width = 16384;
+    sp.steps = 1;
+    diffusion_sampler *s = NULL;
+    st = diffusion_sampler_create(m, &sp, &s);
+    fprintf(stderr, "    (child: sampler at 16384²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
+    if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "sampler's state") || s) return 104;
+    float small[3 * 32 * 32] = {0}, small_out[3 * 32 * 32];
+    if (diffusion_model_predict(m, small, 1, 3, 32, 32, &t, NULL, small_out, 3 * 32 * 32) != DIFFUSION_OK) return 105;
+    sp.height = sp.width = 32;
+    if (diffusion_sampler_create(m, &sp, &s) != DIFFUSION_OK || diffusion_sampler_run(s, NULL, NULL) != DIFFUSION_OK) return 106;
+    diffusion_sampler_free(s);
+    diffusion_model_free(m);
+    return 0;
+}
+
 static void test_allocation_failure(void) {
 #ifdef UNDER_SANITIZER
     printf("    (allocation_failure not run under a sanitizer: it cannot live within an RLIMIT_AS)\n");
     return;
 #endif
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) { perror("fork"); g_failures++; return; }
-    if (pid == 0) {
-        alarm(120);
-        struct rlimit r = {.rlim_cur = 6ull << 30, .rlim_max = RLIM_INFINITY};
-        if (setrlimit(RLIMIT_AS, &r) != 0) _exit(102);
-        diffusion_model_params mp;
-        diffusion_model_params_init(&mp, sizeof mp);
-        mp.memory_limit = 1ull << 40;
-        diffusion_model *m = NULL;
-        if (diffusion_model_load(fixture("plain"), &mp, &m) != DIFFUSION_OK) _exit(100);
-        const size_t side = 8192, count = 3 * side * side;
-        float *x = calloc(count, sizeof *x), *out = calloc(count, sizeof *out);
-        if (!x || !out) _exit(103);
-        float t = 10;
-        diffusion_status st = diffusion_model_predict(m, x, 1, 3, (int32_t)side, (int32_t)side, &t, NULL, out, count);
-        fprintf(stderr, "    (child: predict at 8192²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
-        if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "refused an allocation")) _exit(101);
-        free(x);
-        free(out);
-        diffusion_sampler_params sp;
-        diffusion_sampler_params_init(&sp, sizeof sp);
-        sp.height = sp.width = 16384;
-        sp.steps = 1;
-        diffusion_sampler *s = NULL;
-        st = diffusion_sampler_create(m, &sp, &s);
-        fprintf(stderr, "    (child: sampler at 16384²: %s: %s)\n", diffusion_status_string(st), diffusion_last_error());
-        if (st != DIFFUSION_ERROR_OUT_OF_MEMORY || !strstr(diffusion_last_error(), "sampler's state") || s) _exit(104);
-        float small[3 * 32 * 32] = {0}, small_out[3 * 32 * 32];
-        if (diffusion_model_predict(m, small, 1, 3, 32, 32, &t, NULL, small_out, 3 * 32 * 32) != DIFFUSION_OK) _exit(105);
-        sp.height = sp.width = 32;
-        if (diffusion_sampler_create(m, &sp, &s) != DIFFUSION_OK || diffusion_sampler_run(s, NULL, NULL) != DIFFUSION_OK) _exit(106);
-        diffusion_sampler_free(s);
-        diffusion_model_free(m);
-        _exit(0);
-    }
-    int wstatus = 0;
-    CHECK(waitpid(pid, &wstatus, 0) == pid);
-    g_checks++;
-    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-        char what[200];
-        snprintf(what, sizeof what, "allocations refused by RLIMIT_AS: %s %d (expected OUT_OF_MEMORY twice, then small work)",
-                 WIFSIGNALED(wstatus) ? "killed by signal" : "child exit", WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : WEXITSTATUS(wstatus));
-        fail_at(__FILE__, __LINE__, what);
-    }
+    expect_child_ok(allocation_failure_child, "allocations refused by RLIMIT_AS (expected OUT_OF_MEMORY twice, then small work)", __LINE__);
 }
 
 /* memory_limit: weights larger than the limit fail the load; work whose weights plus working

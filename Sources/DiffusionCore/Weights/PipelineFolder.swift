@@ -68,11 +68,9 @@ public struct PipelineFolder {
     /// is absent (or preferred). Pickle-only folders are refused by name. The file computes in
     /// `precision`, else the folder's.
     public func weights(_ component: String, stem: String, precision: Precision? = nil) throws -> SafeTensorsFile {
-        if component == "vae", let vaeFile {
-            return try vaeFile.component(component, config: try config(component).0, precision: precision ?? self.precision)
-        }
-        if let singleFile {
-            return try singleFile.component(component, config: try config(component).0, precision: precision ?? self.precision)
+        if let file = component == "vae" ? vaeFile ?? singleFile : singleFile {
+            let (json, configPath) = try config(component)
+            return try file.component(component, config: json, configPath: configPath, precision: precision ?? self.precision)
         }
         let dir = try folder(component)
         let plain = "\(dir)/\(stem).safetensors", fp16 = "\(dir)/\(stem).fp16.safetensors"

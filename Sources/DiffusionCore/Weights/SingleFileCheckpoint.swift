@@ -52,18 +52,34 @@ public final class SingleFileCheckpoint {
         if !vaeOnly, keys["unet"] == nil {
             throw DiffusionError(.modelMismatch, "\(path) holds no model.diffusion_model.* keys: not a Stable Diffusion checkpoint in the original layout")
         }
-        if file.info("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight") != nil, openCLIP {
+        if openCLIP, file.names.contains(where: { $0.hasPrefix("cond_stage_model.transformer.") && !Self.ignoredKeys.contains($0) }) {
             throw DiffusionError(.modelMismatch, "\(path) holds both a CLIP (cond_stage_model.transformer) and an OpenCLIP (cond_stage_model.model) text encoder")
         }
     }
 
     /// The component as a file of diffusers-named tensors, for the component's `config` (its
     /// layers_per_block, block_out_channels or num_hidden_layers place the keys).
-    public func component(_ component: String, config: JSONValue, precision: Precision) throws -> SafeTensorsFile {
+    public func component(_ component: String, config: JSONValue, configPath: String, precision: Precision) throws -> SafeTensorsFile {
         guard let names = keys[component] else {
             throw DiffusionError(.modelMismatch, "\(file.path) holds no \(component) weights (\(Self.prefixDescription(component)))")
         }
         let prefix = Self.originalPrefix(component, openCLIP: openCLIP, standalone: keys["unet"] == nil)
+        // The config's own reader (validated bounds) gives what places the keys.
+        var layersPerBlock = 0, vaeLevels = 0, textLayers = 0
+        do {
+            switch component {
+            case "unet":
+                let layers = try UNet2DConditionConfig(json: config).layersPerBlock
+                guard let first = layers.first, layers.allSatisfy({ $0 == first }) else {
+                    throw DiffusionError(.unsupported, "\(file.path): the original layout numbers the UNet's blocks for one layers_per_block; the config gives \(layers)")
+                }
+                layersPerBlock = first
+            case "vae": vaeLevels = try AutoencoderKLConfig(json: config).blockOutChannels.count
+            default: textLayers = try CLIPTextConfig(json: config).numHiddenLayers
+            }
+        } catch let e as DiffusionError where !e.message.contains(file.path) {
+            throw e.context(configPath)
+        }
         var table: [String: TensorInfo] = [:], origin: [String: String] = [:]
         func add(_ name: String, _ info: TensorInfo, from key: String) throws {
             if let previous = origin[name] {
@@ -79,12 +95,10 @@ public final class SingleFileCheckpoint {
             }
             switch component {
             case "unet":
-                let layers = config["layers_per_block"]?.intValue ?? 2
-                guard let name = Self.unetName(key, layersPerBlock: layers) else { throw unknown(full, component) }
+                guard let name = Self.unetName(key, layersPerBlock: layersPerBlock) else { throw unknown(full, component) }
                 try add(name, info, from: full)
             case "vae":
-                let levels = config["block_out_channels"]?.arrayValue?.count ?? 4
-                guard let name = Self.vaeName(key, levels: levels) else { throw unknown(full, component) }
+                guard let name = Self.vaeName(key, levels: vaeLevels) else { throw unknown(full, component) }
                 // The mid attention's q, k, v, proj_out: 1×1 convolutions [C, C, 1, 1] read as [C, C].
                 if name.contains(".attentions."), name.hasSuffix(".weight"), info.shape.count == 4, info.shape[2] == 1, info.shape[3] == 1 {
                     try add(name, TensorInfo(name: name, dtype: info.dtype, shape: Array(info.shape.prefix(2)), byteRange: info.byteRange), from: full)
@@ -96,8 +110,7 @@ public final class SingleFileCheckpoint {
                     try add(key, info, from: full)
                     continue
                 }
-                let layers = config["num_hidden_layers"]?.intValue ?? 12
-                guard let mapped = Self.openCLIPName(key, layers: layers) else { throw unknown(full, component) }
+                guard let mapped = Self.openCLIPName(key, layers: textLayers) else { throw unknown(full, component) }
                 switch mapped {
                 case .ignored: continue
                 case .name(let name): try add(name, info, from: full)

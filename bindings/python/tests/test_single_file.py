@@ -192,3 +192,30 @@ def test_standalone_vae_errors(tmp_path):
     _save(tmp_path / "vae_missing.safetensors", tensors)
     _error(lambda: diffusion.load(helpers.sd_pipeline("sd1"), vae=tmp_path / "vae_missing.safetensors"),
            Status.ERROR_MODEL_MISMATCH, "decoder.up_blocks.3.resnets.1.conv2.weight")
+
+
+def test_mixed_text_encoders_are_refused(tmp_path):
+    def both(t):
+        t["cond_stage_model.model.token_embedding.weight"] = t["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
+    _error(_load(_variant(tmp_path, both)), Status.ERROR_MODEL_MISMATCH, "both a CLIP", "OpenCLIP")
+
+
+def test_layers_per_block_list_in_config_from(tmp_path):
+    # The original layout numbers blocks for one layers_per_block: a list of equal values works, unequal is refused.
+    folder = tmp_path / "sd1"
+    shutil.copytree(helpers.sd_pipeline("sd1"), folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    levels = len(config["block_out_channels"])
+    config["layers_per_block"] = [2] * levels
+    config_path.write_text(json.dumps(config))
+    with diffusion.load(single_file("sd1.safetensors"), config_from=folder) as q:
+        assert q.info["in_channels"] == 4
+    config["layers_per_block"] = [2] * (levels - 1) + [1]
+    config_path.write_text(json.dumps(config))
+    _error(lambda: diffusion.load(single_file("sd1.safetensors"), config_from=folder).close(),
+           Status.ERROR_UNSUPPORTED, "layers_per_block")
+    config["layers_per_block"] = -3
+    config_path.write_text(json.dumps(config))
+    _error(lambda: diffusion.load(single_file("sd1.safetensors"), config_from=folder).close(),
+           Status.ERROR_INVALID_FILE, "config.json", "layers_per_block")
